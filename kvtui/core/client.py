@@ -1,0 +1,210 @@
+"""Streaming requests to llama-server: raw ``/completion`` or ``/v1/chat/completions``.
+
+Counts tokens the way the server does (``tokens_predicted`` / ``timings``), never
+by chunks: a chunk may carry several tokens (an incomplete UTF-8 character is
+held back) or none. Closing the stream is how a request is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .errors import KvtuiError
+from .profiles import Prompt, Sampling
+from .sse import DONE, SSEDecoder, SSEError
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One streamed chunk of text: ``n`` is the server's running token count."""
+
+    t: float
+    n: int
+    text: str
+    token_id: int | None
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """How a request ended, with the server's own timings when it sent them."""
+
+    stop: str = "error"  # eos | length | word | aborted | error | loop
+    timings: dict[str, Any] = field(default_factory=dict)
+    truncated: bool = False
+    error: str | None = None
+
+
+class StreamStalled(KvtuiError):
+    """No token arrived for longer than the stall timeout."""
+
+
+def build_request(prompt: Prompt, sampling: Sampling, *, n_predict: int | None = None,
+                  cache_prompt: bool = False) -> tuple[str, dict[str, Any]]:
+    """The endpoint path and JSON body for one request.
+
+    Args:
+        prompt: what to ask and through which endpoint.
+        sampling: the shared sampler settings.
+        n_predict: override of ``sampling.n_predict`` (warm-up uses a few tokens).
+        cache_prompt: False on measured requests so every run processes the whole prompt.
+    """
+    common: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "seed": sampling.seed,
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+        "stream": True,
+        "cache_prompt": cache_prompt,
+    }
+    limit = sampling.n_predict if n_predict is None else n_predict
+    if prompt.endpoint == "chat":
+        messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
+            {"role": "user", "content": prompt.text}
+        ]
+        body = {**common, "messages": messages, "max_tokens": limit, "timings_per_token": True,
+                "stream_options": {"include_usage": True}}
+        return "/v1/chat/completions", body
+    return "/completion", {**common, "prompt": prompt.text, "n_predict": limit}
+
+
+_STOP_TYPES = {"eos": "eos", "limit": "length", "word": "word"}
+_FINISH = {"stop": "eos", "length": "length", "tool_calls": "eos"}
+
+
+class StreamParser:
+    """Turns decoded payloads of either endpoint into pieces and a result."""
+
+    def __init__(self) -> None:
+        self.result = StreamResult()
+        self.n = 0
+        self.finished = False
+
+    def take(self, payload: Any, t: float) -> Piece | None:
+        """Handle one payload; return a Piece when it carries generated text or a token."""
+        if payload is DONE:
+            self.finished = True
+            return None
+        if not isinstance(payload, dict):
+            raise SSEError(f"unexpected event payload: {payload!r:.80}")
+        if "error" in payload:
+            err = payload["error"]
+            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            raise KvtuiError(f"server error: {msg}", exit_code=1)
+        if "choices" in payload:
+            return self._chat(payload, t)
+        return self._completion(payload, t)
+
+    def _completion(self, p: dict[str, Any], t: float) -> Piece | None:
+        n = p.get("tokens_predicted")
+        if p.get("stop"):
+            self.finished = True
+            self.result.stop = _STOP_TYPES.get(p.get("stop_type", ""), "eos")
+            self.result.timings = dict(p.get("timings") or {})
+            self.result.truncated = bool(p.get("truncated"))
+            text = p.get("content") or ""
+            if isinstance(n, int):
+                self.n = n
+            return Piece(t, self.n, text, None) if text else None
+        if n == 0 and "prompt_progress" in p:
+            return None  # progress report, not a token
+        if not isinstance(n, int):
+            n = self.n + 1
+        self.n = n
+        tokens = p.get("tokens") or []
+        return Piece(t, n, p.get("content") or "", tokens[-1] if tokens else None)
+
+    def _chat(self, p: dict[str, Any], t: float) -> Piece | None:
+        timings = p.get("timings")
+        if isinstance(timings, dict):
+            self.result.timings = dict(timings)
+        choices = p.get("choices") or []
+        if not choices:
+            return None  # the usage event
+        choice = choices[0]
+        reason = choice.get("finish_reason")
+        if reason:
+            self.result.stop = _FINISH.get(reason, "eos")
+        text = (choice.get("delta") or {}).get("content") or ""
+        if not text:
+            return None
+        n = timings.get("predicted_n") if isinstance(timings, dict) else None
+        self.n = n if isinstance(n, int) else self.n + 1
+        return Piece(t, self.n, text, None)
+
+
+async def stream(
+    http: httpx.AsyncClient,
+    base_url: str,
+    path: str,
+    body: dict[str, Any],
+    *,
+    api_key: str = "",
+    stall_timeout_s: float = 120.0,
+    clock: Clock = time.monotonic,
+    result: StreamResult | None = None,
+) -> AsyncIterator[Piece]:
+    """POST a streaming request and yield pieces as they arrive.
+
+    The caller's ``result`` is filled in as the stream ends. Leaving the loop
+    early (``break``, cancellation) closes the connection, which makes the
+    server stop generating.
+
+    Raises:
+        StreamStalled: no event for ``stall_timeout_s`` seconds.
+        SSEError: malformed data from the server.
+        KvtuiError: an HTTP error status, with the server's message.
+    """
+    parser = StreamParser()
+    if result is not None:
+        parser.result = result
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with http.stream("POST", base_url + path, json=body, headers=headers,
+                           timeout=httpx.Timeout(10.0, read=None)) as resp:
+        if resp.status_code != 200:
+            raw = await resp.aread()
+            raise KvtuiError(f"HTTP {resp.status_code} from {path}: {_error_message(raw)}", exit_code=1)
+        decoder = SSEDecoder()
+        lines = resp.aiter_lines()
+        while True:
+            try:
+                line = await asyncio.wait_for(anext(lines), stall_timeout_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise StreamStalled(f"no data from the server for {stall_timeout_s:g} s",
+                                    "it may be hung or overloaded; raise run.stall_timeout_s if it is just slow",
+                                    exit_code=1) from None
+            payload = decoder.feed(line.rstrip("\r"))
+            if payload is None:
+                continue
+            piece = parser.take(payload, clock())
+            if piece is not None:
+                yield piece
+            if parser.finished and payload is DONE:
+                break
+        tail = decoder.close()
+        if tail is not None:
+            piece = parser.take(tail, clock())
+            if piece is not None:
+                yield piece
+    if not parser.finished:
+        raise SSEError("the stream ended before the server said it was done")
+
+
+def _error_message(raw: bytes) -> str:
+    import json
+
+    try:
+        data = json.loads(raw)
+        err = data.get("error", data)
+        return str(err.get("message", err)) if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError):
+        return raw.decode("utf-8", "replace")[:200]

@@ -1,0 +1,205 @@
+"""The typed event stream that the runner and the replayer produce.
+
+Every consumer (the Textual app, the headless console, the session recorder)
+reads only these events, so a live run and a replay look the same to them.
+Events are frozen dataclasses; ``t`` is seconds since the session started
+(monotonic), which is what replay reproduces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+StopReason = Literal["eos", "length", "word", "loop", "aborted", "error"]
+SideStatus = Literal[
+    "waiting", "starting", "loading", "warming", "generating", "done", "aborted", "crashed", "looping", "error"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """The plan is fixed: which sides run, how, and on what."""
+
+    t: float
+    profile_name: str
+    mode: str  # "parallel" | "sequential"
+    mode_reason: str
+    schedule: str  # "simultaneous" | "alternate" | "solo"
+    sides: tuple[SideInfo, ...]
+    model_path: str
+    model_name: str
+    model_size_mib: float
+    model_arch: str
+    server_bin: str
+    server_version: str
+    created: str  # ISO 8601 wall-clock time
+    replay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SideInfo:
+    """One side of the comparison as planned."""
+
+    name: str
+    cache_type_k: str
+    cache_type_v: str
+    argv: tuple[str, ...]
+    kv_estimate_mib: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SideWaiting:
+    """A side waits for its turn (sequential mode)."""
+
+    t: float
+    side: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStarting:
+    t: float
+    side: int
+    port: int
+    argv: tuple[str, ...]
+    log_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReady:
+    """The server answers /health 200; what it really runs with."""
+
+    t: float
+    side: int
+    pid: int
+    load_s: float
+    n_ctx: int | None
+    build: str
+    kv_cache_mib: float | None  # parsed from the server's own log
+    flash_attn: str | None  # "enabled" | "disabled" | "auto" as the log says
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerExited:
+    """A server process ended; ``expected`` is False for a crash."""
+
+    t: float
+    side: int
+    returncode: int | None
+    expected: bool
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupDone:
+    t: float
+    side: int
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSent:
+    t: float
+    side: int
+    run: int
+    prompt_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReceived:
+    """One chunk of generated text (a chunk may carry several tokens)."""
+
+    t: float
+    side: int
+    run: int
+    n: int  # tokens generated so far, as the server counts them
+    text: str
+    token_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySampled:
+    """A memory reading for one side's server process."""
+
+    t: float
+    side: int
+    source: Literal["nvml", "rss"]
+    used_mib: float | None  # this process: VRAM (nvml) or RSS; None = N/A
+    device_total_mib: float | None = None
+    device_used_mib: float | None = None
+    device_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoopDetected:
+    t: float
+    side: int
+    run: int
+    period: int
+    start: int
+    repeats: int
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """A measured request ended; server timings are the server's own."""
+
+    t: float
+    side: int
+    run: int
+    stop: StopReason
+    prompt_n: int | None
+    prompt_per_second: float | None
+    predicted_n: int | None
+    predicted_per_second: float | None
+    ttft_ms: float | None
+    client_tokens_per_second: float | None
+    text: str
+    pieces: tuple[str, ...] = field(default=(), repr=False)
+    t_ms: tuple[float, ...] = field(default=(), repr=False)
+    loop: tuple[int, int, int] | None = None  # period, start, repeats
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SideFinished:
+    t: float
+    side: int
+    status: SideStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRaised:
+    """Something went wrong; ``message`` is one line, ``hint`` the fix."""
+
+    t: float
+    side: int | None
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFinished:
+    t: float
+    status: Literal["done", "failed", "aborted"]
+
+
+Event = Union[
+    SessionStarted,
+    SideWaiting,
+    ServerStarting,
+    ServerReady,
+    ServerExited,
+    WarmupDone,
+    RequestSent,
+    TokenReceived,
+    MemorySampled,
+    LoopDetected,
+    RunFinished,
+    SideFinished,
+    ErrorRaised,
+    SessionFinished,
+]

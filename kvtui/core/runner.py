@@ -1,0 +1,383 @@
+"""The runner: turns a plan into running servers, measured requests and one event stream.
+
+Every consumer gets the same events through ``sink``. The runner owns the
+servers: it starts them, warms them up, measures, samples their memory, and
+stops them whatever happens (``aclose``). A side that fails does not stop the
+others; data already gathered is always emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from . import client
+from .errors import KvtuiError, ServerError
+from .events import (
+    ErrorRaised,
+    Event,
+    LoopDetected,
+    MemorySampled,
+    RequestSent,
+    RunFinished,
+    ServerExited,
+    ServerReady,
+    ServerStarting,
+    SessionFinished,
+    SessionStarted,
+    SideFinished,
+    SideInfo,
+    SideWaiting,
+    TokenReceived,
+    WarmupDone,
+)
+from .plan import Plan
+from .server import LlamaServer
+from .serverlog import tail
+
+Sink = Callable[[Event], None]
+WARMUP_TOKENS = 8
+MEMORY_INTERVAL_S = 0.5
+
+
+@dataclass
+class _RunState:
+    """What one measured request has gathered so far (kept when it is cut short)."""
+
+    sent: float
+    pieces: list[str] = field(default_factory=list)
+    t_ms: list[float] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    first: tuple[float, int] | None = None
+    last: tuple[float, int] | None = None
+    loop: tuple[int, int, int] | None = None
+    result: client.StreamResult = field(default_factory=client.StreamResult)
+
+
+class Runner:
+    """Runs a plan and emits its events.
+
+    Args:
+        plan: what to run.
+        sink: called with every event, in order, on the event loop's thread.
+        log_dir: where the servers' logs go.
+        probe: a memory probe with ``sample(pids)`` (``kvtui.core.gpu``), or None.
+        clock: monotonic seconds; injectable for tests.
+    """
+
+    def __init__(self, plan: Plan, sink: Sink, *, log_dir: Path, probe: object | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.plan = plan
+        self.sink = sink
+        self.log_dir = log_dir
+        self.probe = probe
+        self.clock = clock
+        self.t0 = clock()
+        self.servers: dict[int, LlamaServer] = {}
+        self.status: dict[int, str] = {i: "waiting" for i in range(len(plan.sides))}
+        self._requests: dict[int, asyncio.Task[None]] = {}
+        self._aborted: set[int] = set()
+        self._http: httpx.AsyncClient | None = None
+        self._closed = False
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since the session started."""
+        return self.clock() - self.t0
+
+    def emit(self, event: Event) -> None:
+        self.sink(event)
+
+    def abort(self, side: int | None = None) -> None:
+        """Stop a side's generation now (closing its stream); None aborts every side."""
+        targets = range(len(self.plan.sides)) if side is None else [side]
+        for i in targets:
+            if self.status.get(i) in ("done", "crashed", "error", "aborted"):
+                continue
+            self._aborted.add(i)
+            task = self._requests.get(i)
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def run(self) -> str:
+        """Run the whole plan; returns "done", "failed" or "aborted"."""
+        p = self.plan
+        self.emit(SessionStarted(
+            t=self.now(), profile_name=p.profile.name, mode=p.mode, mode_reason=p.mode_reason,
+            schedule=p.schedule, model_path=p.model.path, model_name=p.model.name,
+            model_size_mib=round(p.model.size_mib, 1), model_arch=p.model.arch,
+            server_bin=str(p.binary.path), server_version=p.server_version,
+            created=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+            sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib) for s in p.sides),
+        ))
+        sampler = asyncio.create_task(self._sample_memory())
+        try:
+            async with httpx.AsyncClient() as http:
+                self._http = http
+                if p.mode == "sequential":
+                    for i in range(1, len(p.sides)):
+                        self.emit(SideWaiting(self.now(), i, "sequential: " + p.mode_reason))
+                    for i in range(len(p.sides)):
+                        if await self._bring_up([i]):
+                            await self._measure_side(i)
+                        await self._stop(i)
+                else:
+                    up = await self._bring_up(list(range(len(p.sides))))
+                    await self._measure_all(up)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            await self.aclose()
+        final = self._final_status()
+        self.emit(SessionFinished(self.now(), final))
+        return final
+
+    async def aclose(self) -> None:
+        """Stop every server this runner started (safe to call more than once)."""
+        await asyncio.gather(*(self._stop(i) for i in list(self.servers)), return_exceptions=True)
+
+    def kill_all_now(self) -> None:
+        """Synchronous last resort for signal handlers and atexit."""
+        for srv in self.servers.values():
+            srv.kill_now()
+
+    # -- servers --------------------------------------------------------------------------------
+
+    async def _bring_up(self, sides: list[int]) -> list[int]:
+        """Start these sides' servers and warm them up; returns the ones that came up."""
+        results = await asyncio.gather(*(self._start(i) for i in sides))
+        up = [i for i, ok in zip(sides, results, strict=True) if ok]
+        if self.plan.profile.run.warmup:
+            # one at a time, so that warm-up of one does not slow the other's
+            for i in list(up):
+                if i in self._aborted or not await self._warmup(i):
+                    up.remove(i)
+        return up
+
+    async def _start(self, i: int) -> bool:
+        side = self.plan.sides[i]
+        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}.log")
+        self.servers[i] = srv
+        self._set(i, "starting")
+        self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path)))
+        try:
+            await srv.start()
+            self._set(i, "loading")
+            assert self._http is not None
+            ready = await srv.wait_ready(self._http)
+        except ServerError as exc:
+            self._fail(i, exc, "crashed" if srv.proc is not None else "error")
+            return False
+        self.emit(ServerReady(self.now(), i, ready.pid, round(ready.load_s, 3), ready.n_ctx, ready.build,
+                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings))
+        return True
+
+    async def _warmup(self, i: int) -> bool:
+        self._set(i, "warming")
+        srv = self.servers[i]
+        path, body = client.build_request(self.plan.profile.prompt, self.plan.profile.sampling,
+                                          n_predict=WARMUP_TOKENS, cache_prompt=False)
+        t = self.clock()
+        try:
+            assert self._http is not None
+            async for _ in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
+                                         stall_timeout_s=self.plan.profile.run.stall_timeout_s):
+                pass
+        except (KvtuiError, httpx.HTTPError) as exc:
+            self._fail(i, self._explain(i, exc), "crashed" if self._dead(i) else "error")
+            return False
+        self.emit(WarmupDone(self.now(), i, round((self.clock() - t) * 1000, 1)))
+        return True
+
+    async def _stop(self, i: int) -> None:
+        srv = self.servers.get(i)
+        if srv is None or srv.proc is None:
+            return
+        was_running = srv.proc.returncode is None
+        rc = await srv.stop()
+        if was_running:
+            self.emit(ServerExited(self.now(), i, rc, expected=True))
+
+    def _dead(self, i: int) -> bool:
+        srv = self.servers.get(i)
+        return srv is not None and srv.proc is not None and srv.proc.returncode is not None
+
+    def _explain(self, i: int, exc: Exception) -> KvtuiError:
+        """A crash mid-request shows as an HTTP error; the log says why."""
+        if self._dead(i):
+            return self.servers[i].failure()
+        if isinstance(exc, KvtuiError):
+            return exc
+        return KvtuiError(f"request failed: {exc.__class__.__name__}: {exc}".rstrip(": "),
+                          "see the server log", exit_code=1)
+
+    def _fail(self, i: int, exc: KvtuiError, status: str) -> None:
+        self._set(i, status)
+        self.emit(ErrorRaised(self.now(), i, exc.message, exc.hint))
+        srv = self.servers.get(i)
+        if srv is not None and srv.proc is not None and srv.proc.returncode is not None and not srv.stopping:
+            log_tail = getattr(exc, "log_tail", ()) or tail(srv.log_text())
+            self.emit(ServerExited(self.now(), i, srv.proc.returncode, expected=False, log_tail=log_tail))
+            srv._stopping = True  # reported once
+        self.emit(SideFinished(self.now(), i, status))  # type: ignore[arg-type]
+
+    # -- measuring ------------------------------------------------------------------------------
+
+    async def _measure_all(self, up: list[int]) -> None:
+        repeats = self.plan.profile.run.repeats
+        for r in range(repeats):
+            live = [i for i in up if self.status[i] not in ("crashed", "error", "aborted")]
+            if not live:
+                break
+            if self.plan.schedule == "alternate":
+                order = live if r % 2 == 0 else list(reversed(live))  # alternate who goes first
+                for i in order:
+                    await self._measure(i, r)
+            else:
+                await asyncio.gather(*(self._measure(i, r) for i in live))
+        for i in up:
+            if self.status[i] not in ("crashed", "error", "aborted"):
+                self._finish_side(i)
+
+    async def _measure_side(self, i: int) -> None:
+        for r in range(self.plan.profile.run.repeats):
+            if self.status[i] in ("crashed", "error", "aborted"):
+                return
+            await self._measure(i, r)
+        if self.status[i] not in ("crashed", "error", "aborted"):
+            self._finish_side(i)
+
+    def _finish_side(self, i: int) -> None:
+        self._set(i, "done")
+        self.emit(SideFinished(self.now(), i, "done"))
+
+    async def _measure(self, i: int, run: int) -> None:
+        if i in self._aborted:
+            self._aborted_side(i)
+            return
+        srv = self.servers[i]
+        prof = self.plan.profile
+        path, body = client.build_request(prof.prompt, prof.sampling, cache_prompt=False)
+        state = _RunState(sent=self.now())
+        self._set(i, "generating")
+        self.emit(RequestSent(state.sent, i, run, prof.prompt.name))
+        task = asyncio.create_task(self._consume(i, run, srv, path, body, state))
+        self._requests[i] = task
+        await asyncio.wait({task})
+        self._requests.pop(i, None)
+        error: KvtuiError | None = None
+        if task.cancelled():
+            state.result.stop = "loop" if state.loop and prof.run.stop_on_loop and i not in self._aborted else "aborted"
+        elif task.exception() is not None:
+            exc = task.exception()
+            error = self._explain(i, exc) if isinstance(exc, KvtuiError | httpx.HTTPError) else KvtuiError(
+                f"internal error: {exc!r}", "please report this", exit_code=1)
+            state.result.stop = "error"
+            state.result.error = error.message
+        self._emit_run(i, run, state)
+        if error is not None:
+            self._fail(i, error, "crashed" if self._dead(i) else "error")
+        elif state.result.stop == "aborted":
+            self._aborted_side(i)
+
+    def _aborted_side(self, i: int) -> None:
+        if self.status[i] != "aborted":
+            self._set(i, "aborted")
+            self.emit(SideFinished(self.now(), i, "aborted"))
+
+    async def _consume(self, i: int, run: int, srv: LlamaServer, path: str, body: dict, state: _RunState) -> None:
+        detector = _loop_detector()
+        stop_on_loop = self.plan.profile.run.stop_on_loop
+        assert self._http is not None
+        async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
+                                         stall_timeout_s=self.plan.profile.run.stall_timeout_s,
+                                         clock=self.now, result=state.result):
+            if state.first is None:
+                state.first = (piece.t, piece.n)
+            state.last = (piece.t, piece.n)
+            state.pieces.append(piece.text)
+            state.t_ms.append(round((piece.t - state.sent) * 1000, 1))
+            if piece.token_id is not None:
+                state.ids.append(piece.token_id)
+            self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
+            if detector is not None and piece.token_id is not None:
+                found = detector.feed(piece.token_id, piece.text)
+                if found is not None and (state.loop is None or found.repeats != state.loop[2]):
+                    state.loop = (found.period, found.start, found.repeats)
+                    self._set(i, "looping")
+                    self.emit(LoopDetected(self.now(), i, run, found.period, found.start, found.repeats, found.text))
+                    if stop_on_loop:
+                        raise asyncio.CancelledError  # closes the stream: the server stops generating
+
+    def _emit_run(self, i: int, run: int, state: _RunState) -> None:
+        timings = state.result.timings
+        ttft = (state.first[0] - state.sent) * 1000 if state.first else None
+        client_tps = None
+        if state.first and state.last and state.last[0] > state.first[0]:
+            client_tps = (state.last[1] - state.first[1]) / (state.last[0] - state.first[0])
+        self.emit(RunFinished(
+            t=self.now(), side=i, run=run, stop=state.result.stop,  # type: ignore[arg-type]
+            prompt_n=timings.get("prompt_n"), prompt_per_second=_r(timings.get("prompt_per_second")),
+            predicted_n=timings.get("predicted_n", state.last[1] if state.last else 0),
+            predicted_per_second=_r(timings.get("predicted_per_second")),
+            ttft_ms=_r(ttft), client_tokens_per_second=_r(client_tps), text="".join(state.pieces),
+            pieces=tuple(state.pieces), t_ms=tuple(state.t_ms), loop=state.loop, error=state.result.error,
+        ))
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    async def _sample_memory(self) -> None:
+        """Sample each live server's memory in a worker thread, never two polls at once."""
+        if self.probe is None:
+            return
+        source = getattr(self.probe, "source", "rss")
+        while True:
+            await asyncio.sleep(MEMORY_INTERVAL_S)
+            pids = {i: s.pid for i, s in self.servers.items()
+                    if s.pid is not None and s.proc is not None and s.proc.returncode is None}
+            if not pids:
+                continue
+            try:
+                sample = await asyncio.to_thread(self.probe.sample, list(pids.values()))  # type: ignore[attr-defined]
+            except Exception:  # a probe that fails gives no reading, never a crash
+                continue
+            for i, pid in pids.items():
+                self.emit(MemorySampled(
+                    self.now(), i, source, _r(sample.per_pid.get(pid)),
+                    _r(sample.device_total_mib), _r(sample.device_used_mib), sample.device_name))
+
+    def _set(self, i: int, status: str) -> None:
+        self.status[i] = status
+
+    def _final_status(self) -> str:
+        values = list(self.status.values())
+        if any(v in ("crashed", "error") for v in values):
+            return "failed"
+        if any(v == "aborted" for v in values):
+            return "aborted"
+        return "done"
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 3)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
+
+
+def _loop_detector() -> object | None:
+    try:
+        from .loops import LoopDetector
+    except ImportError:
+        return None
+    return LoopDetector()

