@@ -159,9 +159,12 @@ class RunFinished:
     client_tokens_per_second: float | None
     text: str
     pieces: tuple[str, ...] = field(default=(), repr=False)
-    t_ms: tuple[float, ...] = field(default=(), repr=False)
+    t_ms: tuple[float, ...] = field(default=(), repr=False)  # arrival of each piece after the request
+    ids: tuple[int, ...] = field(default=(), repr=False)  # last token id of each piece, -1 when unknown
+    counts: tuple[int, ...] = field(default=(), repr=False)  # server's token count at each piece
     loop: tuple[int, int, int] | None = None  # period, start, repeats
     error: str | None = None
+    t_sent: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

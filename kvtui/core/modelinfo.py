@@ -10,8 +10,9 @@ from pathlib import Path
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-# the lead's header walker: sharing it keeps the two readers from drifting apart
-from .ggufmeta import GGUFFormatError, _read as _read_fmt, _string, _value, read_metadata
+# ggufmeta's header walker, shared so the metadata and tensor readers cannot drift apart
+from .ggufmeta import GGUFFormatError, _string, _value, read_metadata
+from .ggufmeta import _read as _read_fmt
 
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 

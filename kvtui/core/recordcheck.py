@@ -13,11 +13,12 @@ _TOP: dict[str, Any] = {"created": str, "kvtui_version": str, "mode": str, "mode
 _SIDE: dict[str, Any] = {"name": str, "cache_type_k": str, "cache_type_v": str, "argv": list, "status": str,
                          "kv_cache_mib": _NUM, "kv_estimate_mib": _NUM, "vram_peak_mib": _NUM, "rss_peak_mib": _NUM,
                          "t_start": _NUM, "t_ready": _NUM, "pid": int, "load_s": _NUM, "n_ctx": int,
-                         "warmup_ms": _NUM, "memory_t": list, "memory_mib": list, "runs": list, "log_tail": list,
+                         "warmup_ms": _NUM, "t_warm": _NUM, "memory_t": list, "memory_mib": list, "runs": list, "log_tail": list,
                          "error": str, "exit_code": int}
 _RUN: dict[str, Any] = {"run": int, "stop": str, "prompt_n": int, "prompt_per_second": _NUM, "predicted_n": int,
                         "predicted_per_second": _NUM, "ttft_ms": _NUM, "client_tokens_per_second": _NUM,
-                        "t_end": _NUM, "text": str, "pieces": list, "t_ms": list, "loop": dict, "error": str}
+                        "t_end": _NUM, "t_sent": _NUM, "text": str, "pieces": list, "t_ms": list, "ids": list,
+                        "counts": list, "loop": dict, "error": str}
 _STOPS = ("eos", "length", "word", "loop", "aborted", "error")
 
 
@@ -42,6 +43,8 @@ def check_record(data: dict[str, Any], source: str) -> None:
         if not isinstance(side, dict):
             raise RecordError(f"{source}: sides[{i}] is not a table", "the record is damaged")
         _check(side, _SIDE, f"sides[{i}].", source)
+        if len(side.get("memory_t", [])) != len(side.get("memory_mib", [])):
+            raise RecordError(f"{source}: sides[{i}].memory_t and memory_mib differ in length", "the record is damaged")
         for key in ("name", "cache_type_k", "cache_type_v"):
             if key not in side:
                 raise RecordError(f"{source}: sides[{i}].{key} is missing", "the record is damaged")
@@ -53,9 +56,10 @@ def check_record(data: dict[str, Any], source: str) -> None:
             if run.get("stop", "eos") not in _STOPS:
                 raise RecordError(f"{source}: {where}stop = {run['stop']!r} is not one of {', '.join(_STOPS)}")
             pieces, t_ms = run.get("pieces", []), run.get("t_ms", [])
-            if len(pieces) != len(t_ms):
+            if len(pieces) != len(t_ms) or any(len(run.get(k, pieces)) != len(pieces) for k in ("ids", "counts")):
                 raise RecordError(f"{source}: {where}pieces and t_ms differ in length", "the record is damaged")
             if not all(isinstance(x, str) for x in pieces) or not all(
-                    isinstance(x, _NUM) and not isinstance(x, bool) for x in t_ms):
+                    isinstance(x, _NUM) and not isinstance(x, bool) for x in t_ms) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) for k in ("ids", "counts") for x in run.get(k, [])):
                 raise RecordError(f"{source}: {where}pieces/t_ms hold values of the wrong type",
                                   "the record is damaged")

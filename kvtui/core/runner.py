@@ -55,6 +55,7 @@ class _RunState:
     pieces: list[str] = field(default_factory=list)
     t_ms: list[float] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
     first: tuple[float, int] | None = None
     last: tuple[float, int] | None = None
     loop: tuple[int, int, int] | None = None
@@ -85,7 +86,7 @@ class Runner:
         self._requests: dict[int, asyncio.Task[None]] = {}
         self._aborted: set[int] = set()
         self._http: httpx.AsyncClient | None = None
-        self._closed = False
+        self._next_run: dict[int, int] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -107,30 +108,36 @@ class Runner:
             if task is not None and not task.done():
                 task.cancel()
 
-    async def run(self) -> str:
-        """Run the whole plan; returns "done", "failed" or "aborted"."""
+    async def run(self, only: list[int] | None = None) -> str:
+        """Run the plan (or rerun just the sides in ``only``); returns "done", "failed" or "aborted"."""
         p = self.plan
-        self.emit(SessionStarted(
-            t=self.now(), profile_name=p.profile.name, mode=p.mode, mode_reason=p.mode_reason,
-            schedule=p.schedule, model_path=p.model.path, model_name=p.model.name,
-            model_size_mib=round(p.model.size_mib, 1), model_arch=p.model.arch,
-            server_bin=str(p.binary.path), server_version=p.server_version,
-            created=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-            sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib) for s in p.sides),
-        ))
+        sides = list(range(len(p.sides))) if only is None else list(only)
+        if only is None:
+            self.emit(SessionStarted(
+                t=self.now(), profile_name=p.profile.name, mode=p.mode, mode_reason=p.mode_reason,
+                schedule=p.schedule, model_path=p.model.path, model_name=p.model.name,
+                model_size_mib=round(p.model.size_mib, 1), model_arch=p.model.arch,
+                server_bin=str(p.binary.path), server_version=p.server_version,
+                created=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+                sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib)
+                            for s in p.sides),
+            ))
+        for i in sides:
+            self._aborted.discard(i)
+            self.status[i] = "waiting"
         sampler = asyncio.create_task(self._sample_memory())
         try:
             async with httpx.AsyncClient() as http:
                 self._http = http
-                if p.mode == "sequential":
-                    for i in range(1, len(p.sides)):
+                if p.mode == "sequential" or len(sides) == 1:
+                    for i in sides[1:]:
                         self.emit(SideWaiting(self.now(), i, "sequential: " + p.mode_reason))
-                    for i in range(len(p.sides)):
+                    for i in sides:
                         if await self._bring_up([i]):
                             await self._measure_side(i)
                         await self._stop(i)
                 else:
-                    up = await self._bring_up(list(range(len(p.sides))))
+                    up = await self._bring_up(sides)
                     await self._measure_all(up)
         finally:
             sampler.cancel()
@@ -138,7 +145,8 @@ class Runner:
                 await sampler
             await self.aclose()
         final = self._final_status()
-        self.emit(SessionFinished(self.now(), final))
+        if only is None:
+            self.emit(SessionFinished(self.now(), final))
         return final
 
     async def aclose(self) -> None:
@@ -232,6 +240,11 @@ class Runner:
 
     # -- measuring ------------------------------------------------------------------------------
 
+    def _run_index(self, i: int) -> int:
+        n = self._next_run.get(i, 0)
+        self._next_run[i] = n + 1
+        return n
+
     async def _measure_all(self, up: list[int]) -> None:
         repeats = self.plan.profile.run.repeats
         for r in range(repeats):
@@ -241,18 +254,18 @@ class Runner:
             if self.plan.schedule == "alternate":
                 order = live if r % 2 == 0 else list(reversed(live))  # alternate who goes first
                 for i in order:
-                    await self._measure(i, r)
+                    await self._measure(i, self._run_index(i))
             else:
-                await asyncio.gather(*(self._measure(i, r) for i in live))
+                await asyncio.gather(*(self._measure(i, self._run_index(i)) for i in live))
         for i in up:
             if self.status[i] not in ("crashed", "error", "aborted"):
                 self._finish_side(i)
 
     async def _measure_side(self, i: int) -> None:
-        for r in range(self.plan.profile.run.repeats):
+        for _ in range(self.plan.profile.run.repeats):
             if self.status[i] in ("crashed", "error", "aborted"):
                 return
-            await self._measure(i, r)
+            await self._measure(i, self._run_index(i))
         if self.status[i] not in ("crashed", "error", "aborted"):
             self._finish_side(i)
 
@@ -306,8 +319,8 @@ class Runner:
             state.last = (piece.t, piece.n)
             state.pieces.append(piece.text)
             state.t_ms.append(round((piece.t - state.sent) * 1000, 1))
-            if piece.token_id is not None:
-                state.ids.append(piece.token_id)
+            state.ids.append(piece.token_id if piece.token_id is not None else -1)
+            state.counts.append(piece.n)
             self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
             if detector is not None and piece.token_id is not None:
                 found = detector.feed(piece.token_id, piece.text)
@@ -330,7 +343,8 @@ class Runner:
             predicted_n=timings.get("predicted_n", state.last[1] if state.last else 0),
             predicted_per_second=_r(timings.get("predicted_per_second")),
             ttft_ms=_r(ttft), client_tokens_per_second=_r(client_tps), text="".join(state.pieces),
-            pieces=tuple(state.pieces), t_ms=tuple(state.t_ms), loop=state.loop, error=state.result.error,
+            pieces=tuple(state.pieces), t_ms=tuple(state.t_ms), ids=tuple(state.ids), counts=tuple(state.counts),
+            loop=state.loop, error=state.result.error, t_sent=round(state.sent, 3),
         ))
 
     # -- memory ---------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ class SessionRecorder:
                                              kv_cache_mib=event.kv_cache_mib, flash_attn=event.flash_attn,
                                              warnings=list(event.warnings))
             case WarmupDone():
-                self.side(event.side)["warmup_ms"] = event.ms
+                self.side(event.side).update(warmup_ms=event.ms, t_warm=round(event.t, 3))
             case RequestSent():
                 self.side(event.side)["status"] = "generating"
             case MemorySampled():
@@ -188,7 +188,8 @@ def _run_dict(e: RunFinished) -> dict[str, Any]:
         "run": e.run, "stop": e.stop, "prompt_n": e.prompt_n, "prompt_per_second": e.prompt_per_second,
         "predicted_n": e.predicted_n, "predicted_per_second": e.predicted_per_second, "ttft_ms": e.ttft_ms,
         "client_tokens_per_second": e.client_tokens_per_second, "t_end": round(e.t, 3), "error": e.error,
-        "text": e.text, "pieces": list(e.pieces), "t_ms": list(e.t_ms),
+        "t_sent": e.t_sent, "text": e.text, "pieces": list(e.pieces), "t_ms": list(e.t_ms), "ids": list(e.ids),
+        "counts": list(e.counts),
     }
     if e.loop is not None:
         run["loop"] = {"period": e.loop[0], "start": e.loop[1], "repeats": e.loop[2]}

@@ -40,8 +40,8 @@ def events() -> list:
                 TokenReceived(1.8, i, 0, 3, " f():\n    \"日本\"", 6)]
     out += [LoopDetected(1.9, 1, 0, 33, 120, 4, "again"),
             RunFinished(2.0, 0, 0, "eos", 20, 300.5, 3, 45.2, 100.0, 10.0, 'def f():\n    "日本"',
-                        ("def", ' f():\n    "日本"'), (100.0, 300.0)),
-            RunFinished(2.1, 1, 0, "loop", 20, 310.0, 3, 47.0, 90.0, 11.0, "x", ("x",), (90.0,), loop=(33, 120, 4)),
+                        ("def", ' f():\n    "日本"'), (100.0, 300.0), (5, 6), (1, 3)),
+            RunFinished(2.1, 1, 0, "loop", 20, 310.0, 3, 47.0, 90.0, 11.0, "x", ("x",), (90.0,), (7,), (3,), loop=(33, 120, 4)),
             ServerExited(2.2, 0, 0, True), ServerExited(2.2, 1, 0, True),
             SideFinished(2.3, 0, "done"), SideFinished(2.3, 1, "done"),
             SessionFinished(2.4, "done")]
@@ -64,6 +64,7 @@ def test_record_round_trip(tmp_path: Path) -> None:
     run = a["runs"][0]
     assert run["text"] == 'def f():\n    "日本"' and run["pieces"] == ["def", ' f():\n    "日本"']
     assert run["t_ms"] == [100.0, 300.0] and run["predicted_per_second"] == 45.2
+    assert run["ids"] == [5, 6] and run["counts"] == [1, 3]
     assert b["runs"][0]["loop"] == {"period": 33, "start": 120, "repeats": 4}
     assert data == read_record(path)  # reading twice gives the same, the file is untouched
 

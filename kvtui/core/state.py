@@ -1,0 +1,170 @@
+"""What a screen shows, folded from the event stream: one ``SideState`` per side.
+
+The app applies every event here (cheap, no rendering) and redraws from this
+state on a timer, so the token rate never drives the frame rate. Text arrives
+in ``pending`` and is drained by the pane that shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .events import (
+    ErrorRaised,
+    Event,
+    LoopDetected,
+    MemorySampled,
+    RequestSent,
+    RunFinished,
+    ServerExited,
+    ServerReady,
+    ServerStarting,
+    SessionFinished,
+    SessionStarted,
+    SideFinished,
+    SideWaiting,
+    TokenReceived,
+    WarmupDone,
+)
+from .metrics import RateMeter
+
+RATE_HISTORY = 120  # sparkline points kept per side
+BUCKET_S = 0.25  # the sparkline's time step: tokens per bucket of event time, not of screen time
+
+
+@dataclass
+class SideState:
+    """Everything one pane shows."""
+
+    name: str
+    cache_type_k: str
+    cache_type_v: str
+    kv_estimate_mib: float | None = None
+    status: str = "waiting"
+    waiting_reason: str = ""
+    run: int = 0
+    tokens: int = 0
+    pieces: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    reset_text: bool = False
+    meter: RateMeter = field(default_factory=RateMeter)
+    buckets: list[int] = field(default_factory=list)
+    first_t: float | None = None
+    sent_t: float | None = None
+    ttft_ms: float | None = None
+    prompt_per_second: float | None = None
+    predicted_per_second: float | None = None
+    kv_cache_mib: float | None = None
+    flash_attn: str | None = None
+    load_s: float | None = None
+    mem_source: str | None = None
+    mem_mib: float | None = None
+    mem_peak_mib: float | None = None
+    device_total_mib: float | None = None
+    device_used_mib: float | None = None
+    device_name: str | None = None
+    loop: tuple[int, int, int] | None = None  # period, start (token index), repeats
+    loop_text: str = ""
+    stop: str | None = None
+    error: str | None = None
+    hint: str = ""
+    log_tail: tuple[str, ...] = ()
+    log_path: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def rates(self) -> list[float]:
+        """Tokens/s per time bucket since the first token (the run's sparkline)."""
+        return [c / BUCKET_S for c in self.buckets[-RATE_HISTORY:]]
+
+    def _count(self, t: float, n: int) -> None:
+        if self.first_t is None:
+            self.first_t = t
+        idx = int((t - self.first_t) / BUCKET_S)
+        if idx >= len(self.buckets):
+            self.buckets.extend([0] * (idx + 1 - len(self.buckets)))
+        self.buckets[idx] += max(0, n - self.tokens)
+
+    @property
+    def cache_label(self) -> str:
+        return f"K {self.cache_type_k} / V {self.cache_type_v}"
+
+    def loop_char_offset(self) -> int | None:
+        """Where the loop begins in the shown text (pieces are fed one per chunk)."""
+        if self.loop is None:
+            return None
+        return sum(len(p) for p in self.pieces[: self.loop[1]])
+
+
+@dataclass
+class SessionState:
+    """The whole screen's state; ``apply`` every event, in order."""
+
+    started: SessionStarted | None = None
+    sides: list[SideState] = field(default_factory=list)
+    finished: str | None = None
+    now: float = 0.0
+    events: int = 0
+
+    def apply(self, e: Event) -> None:
+        """Fold one event in."""
+        self.events += 1
+        self.now = max(self.now, getattr(e, "t", self.now))
+        if isinstance(e, SessionStarted):
+            self.started = e
+            self.finished = None
+            self.sides = [SideState(s.name, s.cache_type_k, s.cache_type_v, s.kv_estimate_mib) for s in e.sides]
+            return
+        if isinstance(e, SessionFinished):
+            self.finished = e.status
+            return
+        side_index = getattr(e, "side", None)
+        if side_index is None or not 0 <= side_index < len(self.sides):
+            return
+        s = self.sides[side_index]
+        match e:
+            case TokenReceived():
+                s._count(e.t, e.n)
+                s.tokens = e.n
+                s.pieces.append(e.text)
+                s.pending.append(e.text)
+                if s.ttft_ms is None and s.sent_t is not None:
+                    s.ttft_ms = (e.t - s.sent_t) * 1000
+                s.meter.add(e.t, e.n)
+            case RequestSent():
+                s.status, s.run, s.tokens, s.sent_t = "generating", e.run, 0, e.t
+                s.pieces, s.pending, s.reset_text = [], [], True
+                s.meter, s.buckets, s.first_t, s.ttft_ms, s.loop, s.stop = RateMeter(), [], None, None, None, None
+                s.prompt_per_second = s.predicted_per_second = None
+            case MemorySampled():
+                s.mem_source, s.mem_mib = e.source, e.used_mib
+                if e.used_mib is not None:
+                    s.mem_peak_mib = max(s.mem_peak_mib or 0.0, e.used_mib)
+                s.device_total_mib, s.device_used_mib, s.device_name = e.device_total_mib, e.device_used_mib, e.device_name
+            case LoopDetected():
+                s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, "looping"
+            case RunFinished():
+                s.stop = e.stop
+                s.prompt_per_second, s.predicted_per_second = e.prompt_per_second, e.predicted_per_second
+                if e.ttft_ms is not None:
+                    s.ttft_ms = e.ttft_ms
+                if e.predicted_n is not None:
+                    s.tokens = e.predicted_n
+            case SideWaiting():
+                s.status, s.waiting_reason = "waiting", e.reason
+            case ServerStarting():
+                s.status, s.log_path, s.error, s.hint, s.log_tail = "starting", e.log_path, None, "", ()
+            case ServerReady():
+                s.status, s.kv_cache_mib, s.flash_attn, s.load_s, s.warnings = (
+                    "loading", e.kv_cache_mib, e.flash_attn, e.load_s, e.warnings)
+            case WarmupDone():
+                s.status = "warmed up"
+            case ErrorRaised():
+                s.error, s.hint = e.message, e.hint
+            case ServerExited():
+                if not e.expected:
+                    s.log_tail = e.log_tail
+                    s.status = "crashed"
+            case SideFinished():
+                if not (e.status == "done" and s.loop is not None):
+                    s.status = e.status

@@ -1,0 +1,1 @@
+"""The Textual app: a consumer of the core's event stream."""

@@ -1,0 +1,225 @@
+"""KvtuiApp: split panes fed by the core's event stream, live or replayed.
+
+The app never talks to llama-server itself. A session object (``LiveSession``
+or a replay) produces events; the sink folds them into ``SessionState``
+without rendering, and timers redraw at a fixed rate: text at 15 Hz, figures
+at 4 Hz. So a fast stream costs the same frames as a slow one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid
+from textual.widgets import Footer
+
+from ..core.errors import EXIT_OK, EXIT_RUN_FAILED
+from ..core.events import Event
+from ..core.state import SessionState
+from ..core.summary import summarize
+from .screens.help import HelpScreen
+from .screens.server_log import ServerLogScreen
+from .widgets.comparison_strip import ComparisonStrip
+from .widgets.generation_pane import GenerationPane
+from .widgets.session_header import SessionHeader
+
+TEXT_HZ = 15
+FIGURES_HZ = 4
+
+
+class Session(Protocol):
+    """What the app needs from a producer of events (live or replay)."""
+
+    sinks: list[Any]
+
+    async def run(self) -> str: ...
+    async def rerun(self, side: int | None = None) -> str: ...
+    def abort(self, side: int | None = None) -> None: ...
+    async def aclose(self) -> None: ...
+    def save(self) -> str | None: ...
+    def now(self) -> float: ...
+    def side_count(self) -> int: ...
+
+
+class KvtuiApp(App[int]):
+    """The kvtui terminal app.
+
+    Args:
+        session: the event producer; the app adds its sink to ``session.sinks``.
+        replay_label: shown in the header when replaying (e.g. "replay 2026-11-29").
+        autostart: start the session on mount (tests may start it themselves).
+    """
+
+    CSS_PATH = "kvtui.tcss"
+    TITLE = "kvtui"
+    BINDINGS = [
+        Binding("x", "abort_focused", "abort side"),
+        Binding("left_square_bracket", "abort(0)", "abort left", show=False),
+        Binding("right_square_bracket", "abort(1)", "abort right", show=False),
+        Binding("X", "abort_all", "abort all"),
+        Binding("r", "rerun_focused", "rerun side"),
+        Binding("R", "rerun_all", "rerun all"),
+        Binding("s", "save", "save"),
+        Binding("l", "show_log", "server log"),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, session: Session, *, replay_label: str = "", autostart: bool = True) -> None:
+        super().__init__()
+        self.session = session
+        self.state = SessionState()
+        self.replay_label = replay_label
+        self.autostart = autostart
+        self._header_shown: tuple[object, object] = (None, None)
+        self._runs_shown: tuple[int, ...] | None = None
+        self._running = False
+        self._quitting = False
+        session.sinks.append(self._on_event)
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        n = self.session.side_count()
+        yield SessionHeader(id="header")
+        with Grid(id="panes") as grid:
+            grid.styles.grid_size_columns = n if n <= 3 else 2
+            grid.styles.grid_size_rows = 1 if n <= 3 else (n + 1) // 2
+            for i in range(n):
+                yield GenerationPane(i)
+        yield ComparisonStrip(id="comparison")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(SessionHeader).show(None, None, self.replay_label)
+        panes = self.panes()
+        if panes:
+            panes[0].focus()
+        self.set_interval(1 / TEXT_HZ, self._flush_text)
+        self.set_interval(1 / FIGURES_HZ, self._refresh_figures)
+        if self.autostart:
+            self.start_session()
+
+    def _on_event(self, event: Event) -> None:
+        """The sink: fold the event into state; rendering happens on the timers."""
+        self.state.apply(event)
+
+    def panes(self) -> list[GenerationPane]:
+        return list(self.query(GenerationPane))
+
+    def _flush_text(self) -> None:
+        with self.batch_update():
+            for pane in self.panes():
+                pane.flush()
+
+    def _refresh_figures(self) -> None:
+        now = self.session.now()
+        with self.batch_update():
+            for pane in self.panes():
+                pane.refresh_view(now)
+            header = (self.state.started, self.state.finished)
+            if header != self._header_shown:
+                self._header_shown = header
+                self.query_one(SessionHeader).show(self.state.started, self.state.finished, self.replay_label)
+            contended = self.state.started is not None and self.state.started.schedule == "simultaneous"
+            record = getattr(getattr(self.session, "recorder", None), "data", None)
+            runs = tuple(len(s.get("runs", [])) for s in record.get("sides", [])) if record else ()
+            if runs != self._runs_shown:  # the strip changes only when a run ends
+                self._runs_shown = runs
+                self.query_one(ComparisonStrip).show(summarize(record) if record else [], contended)
+
+    # -- running --------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="session", exit_on_error=False)
+    async def start_session(self, side: int | None = None, rerun: bool = False) -> str:
+        """Run (or rerun) the session in the app's event loop."""
+        self._running = True
+        try:
+            if rerun:
+                return await self.session.rerun(side)
+            return await self.session.run()
+        finally:
+            self._running = False
+
+    def focused_side(self) -> int:
+        node = self.focused
+        while node is not None and not isinstance(node, GenerationPane):
+            node = node.parent  # type: ignore[assignment]
+        return node.index if isinstance(node, GenerationPane) else 0
+
+    def action_abort_focused(self) -> None:
+        self.action_abort(self.focused_side())
+
+    def action_abort(self, side: int) -> None:
+        if side < len(self.state.sides):
+            self.session.abort(side)
+            self.notify(f"aborting {self.state.sides[side].name}")
+
+    def action_abort_all(self) -> None:
+        self.session.abort(None)
+        self.notify("aborting all sides")
+
+    def action_rerun_focused(self) -> None:
+        self._rerun(self.focused_side())
+
+    def action_rerun_all(self) -> None:
+        self._rerun(None)
+
+    def _rerun(self, side: int | None) -> None:
+        if self._running:
+            self.notify("a run is still going: abort it first (x or X)", severity="warning")
+            return
+        if side is not None and side >= len(self.state.sides):
+            return
+        self.start_session(side, rerun=True)
+        self.notify("rerunning " + ("all sides" if side is None else self.state.sides[side].name))
+
+    def action_save(self) -> None:
+        path = self.session.save()
+        self.notify(f"record saved: {path}" if path else "this session has no record file")
+
+    def action_show_log(self) -> None:
+        side = self.focused_side()
+        if side < len(self.state.sides) and self.state.sides[side].log_path:
+            s = self.state.sides[side]
+            self.push_screen(ServerLogScreen(s.name, s.log_path))
+        else:
+            self.notify("no server log for this side yet", severity="warning")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Stop the servers, save the record, leave."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self.session.abort(None)
+        self.workers.cancel_group(self, "session")
+        await self.session.aclose()
+        finalize = getattr(getattr(self.session, "recorder", None), "finalize_partial", None)
+        if finalize is not None:
+            finalize("aborted")
+        self.exit(EXIT_OK if self.state.finished in ("done", None) and not self._failed() else EXIT_RUN_FAILED)
+
+    def _failed(self) -> bool:
+        return any(s.status in ("crashed", "error") for s in self.state.sides)
+
+    async def on_unmount(self) -> None:
+        await self.session.aclose()
+
+
+def run_app(prepared: Any) -> int:
+    """Open the app on a prepared live session; returns the exit code."""
+    from ..core.live import LiveSession
+
+    session = LiveSession(prepared)
+    app = KvtuiApp(session)
+    try:
+        code = app.run()
+    finally:
+        session.kill_now()
+    return code if isinstance(code, int) else EXIT_OK

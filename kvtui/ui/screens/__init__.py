@@ -1,0 +1,1 @@
+"""Modal screens: help and a side's server log."""

@@ -1,0 +1,166 @@
+"""GenerationPane: one side of the comparison, its streaming text and its live figures."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static, TextArea
+from textual.widgets.text_area import Selection
+
+from ...core.state import SideState
+from .memory_meter import MemoryMeter
+from .rate_gauge import RateGauge
+
+STATUS_STYLE = {
+    "waiting": "dim", "starting": "yellow", "loading": "yellow", "warmed up": "yellow", "warming": "yellow",
+    "generating": "bold green", "done": "bold cyan", "aborted": "bold yellow", "crashed": "bold red",
+    "error": "bold red", "looping": "bold red",
+}
+STATE_CLASSES = ("-streaming", "-looping", "-crashed", "-done", "-waiting", "-aborted")
+
+
+class GenerationPane(Vertical):
+    """A side: title with KV types and status, rate gauge, figures, memory, and the text.
+
+    Args:
+        index: the side's position in the plan; its state is ``app.state.sides[index]``.
+    """
+
+    can_focus = True
+
+    def __init__(self, index: int) -> None:
+        super().__init__(id=f"pane-{index}", classes="pane")
+        self.index = index
+        self._loop_marked: tuple[int, int] | None = None
+        self._shown: SideState | None = None
+        self._last: dict[str, object] = {}  # what each part shows now: unchanged parts are not redrawn
+
+    @property
+    def state(self) -> SideState | None:
+        """This side's state, or None before the session has started."""
+        sides = getattr(self.app, "state").sides
+        return sides[self.index] if self.index < len(sides) else None
+
+    def compose(self) -> ComposeResult:
+        yield RateGauge()
+        yield Static(classes="pane-figures")
+        yield MemoryMeter()
+        yield Static(classes="pane-alert")
+        yield TextArea("", read_only=True, soft_wrap=True, show_cursor=False, classes="pane-text")
+
+    def on_mount(self) -> None:
+        self.refresh_view()
+
+    def flush(self) -> None:
+        """Write the text that arrived since the last flush (the app calls this on a timer)."""
+        s = self.state
+        if s is None:
+            return
+        area = self.query_one(TextArea)
+        if s is not self._shown:  # a new session: start from an empty pane
+            self._shown, s.reset_text, self._last = s, True, {}
+        if s.reset_text:
+            s.reset_text = False
+            self._loop_marked = None
+            area.load_text("")
+        if s.pending:
+            chunk = "".join(s.pending)
+            s.pending.clear()
+            at_bottom = area.scroll_y >= area.max_scroll_y - 1
+            area.insert(chunk, area.document.end, maintain_selection_offset=True)
+            if at_bottom:
+                area.scroll_end(animate=False, immediate=False)
+        self._mark_loop(area)
+
+    def _mark_loop(self, area: TextArea) -> None:
+        """Select the looping region so it stands out, once per loop found."""
+        s = self.state
+        assert s is not None
+        offset = s.loop_char_offset()
+        if offset is None or s.loop is None or self._loop_marked == (s.loop[0], s.loop[1]):
+            return
+        self._loop_marked = (s.loop[0], s.loop[1])
+        doc = area.document
+        start = doc.get_location_from_index(min(offset, len(area.text)))
+        area.selection = Selection(start, doc.end)
+
+    def refresh_view(self, now: float | None = None) -> None:
+        """Redraw title, status, gauges and figures from the state."""
+        s = self.state
+        if s is None:
+            return
+        title = f"[b]{s.name}[/b] · [$accent]{s.cache_label}[/]"
+        if self._changed("title", title):
+            self.border_title = title
+        status = s.status
+        if s.loop is not None:
+            status = f"LOOP {s.loop[0]}-token cycle ×{s.loop[2]}"
+        style = STATUS_STYLE.get("looping" if s.loop else s.status, "")
+        subtitle = f"[{style}] {status} [/]" if style else f" {status} "
+        if self._changed("subtitle", subtitle):
+            self.border_subtitle = subtitle
+        final = s.predicted_per_second if s.stop is not None else None
+        gauge = (s.meter.current(now), s.meter.average, tuple(s.rates), final)
+        if self._changed("gauge", gauge):
+            self.query_one(RateGauge).show(gauge[0], gauge[1], s.rates, final)
+        figures = self._figures()
+        if self._changed("figures", figures.plain):
+            self.query_one(".pane-figures", Static).update(figures)
+        memory = (s.mem_source, s.mem_mib, s.mem_peak_mib, s.device_total_mib, s.device_used_mib, s.kv_cache_mib,
+                  s.kv_estimate_mib)
+        if self._changed("memory", memory):
+            self.query_one(MemoryMeter).show(*memory)
+        alert = self._alert()
+        if self._changed("alert", alert.plain):
+            self.query_one(".pane-alert", Static).update(alert)
+            self.set_class(bool(alert), "-alert")
+        classes = {
+            "-streaming": s.status == "generating", "-looping": s.loop is not None,
+            "-crashed": s.status in ("crashed", "error"), "-done": s.status == "done",
+            "-waiting": s.status == "waiting", "-aborted": s.status == "aborted",
+        }
+        if self._changed("classes", tuple(classes.values())):
+            self.update_classes(classes)
+
+    def _changed(self, key: str, value: object) -> bool:
+        if self._last.get(key, self) == value:
+            return False
+        self._last[key] = value
+        return True
+
+    def _figures(self) -> Text:
+        s = self.state
+        assert s is not None
+        t = Text()
+        t.append("TTFT ", style="dim")
+        t.append(f"{s.ttft_ms:,.0f} ms" if s.ttft_ms is not None else "–")
+        t.append("   pp ", style="dim")
+        t.append(f"{s.prompt_per_second:,.1f} t/s" if s.prompt_per_second is not None else "–")
+        t.append("   tokens ", style="dim")
+        t.append(f"{s.tokens:,}")
+        if s.stop:
+            t.append("   stop ", style="dim")
+            t.append(s.stop, style="bold red" if s.stop in ("loop", "error") else "bold")
+        if s.run:
+            t.append(f"   run {s.run + 1}", style="dim")
+        return t
+
+    def _alert(self) -> Text:
+        s = self.state
+        assert s is not None
+        t = Text()
+        if s.status == "waiting" and s.waiting_reason:
+            t.append(f"waiting: {s.waiting_reason}", style="italic dim")
+        if s.loop is not None:
+            t.append(f"repetition loop from token {s.loop[1]}: ", style="bold red")
+            t.append(repr(s.loop_text[:60]) if s.loop_text else "", style="red")
+        if s.error:
+            t.append(s.error, style="bold red")
+            if s.hint:
+                t.append(f"\nfix: {s.hint}", style="red")
+            for line in s.log_tail[-6:]:
+                t.append("\n  " + line[-120:], style="dim")
+        for w in s.warnings:
+            t.append(("\n" if t else "") + f"warning: {w}", style="yellow")
+        return t
