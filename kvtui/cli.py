@@ -10,6 +10,7 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED, KvtuiError
 from .core.profiles import default_profile_path
@@ -19,6 +20,8 @@ examples:
   kvtui                                   the app on the demo profile (bundled server and model)
   kvtui run profiles/demo.toml --headless
   kvtui run profiles/coding-circuit-breaker.toml --model ~/models/Qwen3-Coder-30B-Q4_K_M.gguf
+  kvtui replay sessions/demo-20261129-170000.toml --speed 4
+  kvtui show sessions/*.toml --format md
   kvtui doctor                            what kvtui found: server, model, GPUs
 exit codes: 0 done, 1 a run failed, 2 bad input
 """
@@ -44,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-record", action="store_true", help="do not write a session record")
     run.add_argument("--headless", action="store_true", help="no app: print progress and a result table")
 
+    rep = sub.add_parser("replay", help="watch a saved session again, with its recorded timing",
+                         description="Replay a session record in the app (or --headless).")
+    rep.add_argument("record", help="a session record (.toml)")
+    rep.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1.0 = as recorded)")
+    rep.add_argument("--headless", action="store_true", help="no app: print the replay as the headless run did")
+
+    sh = sub.add_parser("show", help="summarize one or more session records",
+                        description="Print each record's side-by-side table; with several, a comparison.")
+    sh.add_argument("records", nargs="+", help="session records (.toml)")
+    sh.add_argument("--format", choices=("table", "md", "csv", "json"), default="table", help="output format")
+
     doc = sub.add_parser("doctor", help="show what kvtui found and whether a run can start")
     doc.add_argument("--model", help="GGUF model path to check (default: the demo profile's)")
     doc.add_argument("--server-bin", help="llama-server binary to check")
@@ -58,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             from .doctor import doctor
 
             return doctor(model=args.model, server_bin=args.server_bin)
+        if args.command == "show":
+            from .show import show
+
+            return show(args.records, args.format)
+        if args.command == "replay":
+            return replay(args.record, args.speed, args.headless)
         if args.command in (None, "run"):
             profile = getattr(args, "profile", None) or str(default_profile_path())
             headless = getattr(args, "headless", False)
@@ -86,6 +106,39 @@ def _print_error(exc: KvtuiError) -> None:
         print(f"kvtui: fix: {exc.hint}", file=sys.stderr)
 
 
+def wide_console() -> Any:
+    """A rich console that does not squeeze tables to 80 columns when writing to a file or pipe."""
+    from rich.console import Console
+
+    probe = Console()
+    return Console(highlight=False, width=None if probe.is_terminal else 140)
+
+
+def replay(path: str, speed: float, headless: bool) -> int:
+    """Replay a record in the app or through the headless console."""
+    from .core.errors import KvtuiError as _Err
+    from .core.replay import Replayer
+    from .core.session import read_record
+
+    if speed <= 0:
+        raise _Err(f"--speed {speed:g} must be positive", "e.g. --speed 2 for twice as fast")
+    record = read_record(path)
+    replayer = Replayer(record, speed=speed)
+    if headless:
+        from .headless import HeadlessConsole
+
+        console = HeadlessConsole(wide_console(), live=False)
+        replayer.sinks.append(console.handle)
+        asyncio.run(replayer.run())
+        console.print_summary(replayer.recorder.data, None)
+        return EXIT_OK
+    from .ui.app import KvtuiApp
+
+    label = "replay " + str(record.get("created", ""))[:10]
+    code = KvtuiApp(replayer, replay_label=label).run()
+    return code if isinstance(code, int) else EXIT_OK
+
+
 def run_headless(prepared: object) -> int:
     """Run a prepared session with the headless console; returns the exit code."""
     from .core.launch import Prepared
@@ -93,7 +146,7 @@ def run_headless(prepared: object) -> int:
     from .headless import HeadlessConsole
 
     assert isinstance(prepared, Prepared)
-    console = HeadlessConsole()
+    console = HeadlessConsole(wide_console())
     recorder = prepared.recorder
 
     def sink(event: object) -> None:

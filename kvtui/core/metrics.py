@@ -64,9 +64,11 @@ class Spread:
     n: int
 
     def __str__(self) -> str:
+        whole = all(float(v).is_integer() for v in (self.median, self.low, self.high))
+        fmt = "{:,.0f}" if whole else "{:,.1f}"
         if self.n == 1 or self.low == self.high:
-            return f"{self.median:.1f}"
-        return f"{self.median:.1f} ({self.low:.1f}-{self.high:.1f})"
+            return fmt.format(self.median)
+        return f"{fmt.format(self.median)} ({fmt.format(self.low)}-{fmt.format(self.high)})"
 
 
 def spread(values: Iterable[float | None]) -> Spread | None:

@@ -201,6 +201,7 @@ class Runner:
                                          stall_timeout_s=self.plan.profile.run.stall_timeout_s):
                 pass
         except (KvtuiError, httpx.HTTPError) as exc:
+            await self._settle(i)
             self._fail(i, self._explain(i, exc), "crashed" if self._dead(i) else "error")
             return False
         self.emit(WarmupDone(self.now(), i, round((self.clock() - t) * 1000, 1)))
@@ -214,6 +215,13 @@ class Runner:
         rc = await srv.stop()
         if was_running:
             self.emit(ServerExited(self.now(), i, rc, expected=True))
+
+    async def _settle(self, i: int, timeout_s: float = 2.0) -> None:
+        """After a failed request, give a dying server a moment to exit, so the cause comes from its log."""
+        srv = self.servers.get(i)
+        if srv is not None and srv.proc is not None and srv.proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(srv.proc.wait()), timeout_s)
 
     def _dead(self, i: int) -> bool:
         srv = self.servers.get(i)
@@ -292,6 +300,7 @@ class Runner:
             state.result.stop = "loop" if state.loop and prof.run.stop_on_loop and i not in self._aborted else "aborted"
         elif task.exception() is not None:
             exc = task.exception()
+            await self._settle(i)
             error = self._explain(i, exc) if isinstance(exc, KvtuiError | httpx.HTTPError) else KvtuiError(
                 f"internal error: {exc!r}", "please report this", exit_code=1)
             state.result.stop = "error"

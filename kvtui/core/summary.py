@@ -21,7 +21,7 @@ class SideSummary:
     status: str
     runs: int
     pp: Spread | None  # server prompt_per_second
-    tg: Spread | None  # server predicted_per_second
+    tg: Spread | None  # server predicted_per_second (client-side rate for runs cut short)
     client_tg: Spread | None
     ttft_ms: Spread | None
     tokens: Spread | None
@@ -47,7 +47,8 @@ def summarize(record: dict[str, Any]) -> list[SideSummary]:
             status=s.get("status", "?"),
             runs=len(runs),
             pp=spread(r.get("prompt_per_second") for r in measured),
-            tg=spread(r.get("predicted_per_second") for r in measured),
+            # the server sends no timings for a request cut short (abort, loop): kvtui's own rate stands in
+            tg=spread(r.get("predicted_per_second", r.get("client_tokens_per_second")) for r in measured),
             client_tg=spread(r.get("client_tokens_per_second") for r in measured),
             ttft_ms=spread(r.get("ttft_ms") for r in measured),
             tokens=spread(r.get("predicted_n") for r in measured),

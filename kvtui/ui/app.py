@@ -64,6 +64,11 @@ class KvtuiApp(App[int]):
         Binding("R", "rerun_all", "rerun all"),
         Binding("s", "save", "save"),
         Binding("l", "show_log", "server log"),
+        Binding("space", "pause", "pause/resume"),
+        Binding("plus,equals_sign", "faster", "faster"),
+        Binding("minus", "slower", "slower"),
+        Binding("home,0", "restart", "restart"),
+        Binding("end,e", "jump_to_end", "to end"),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit", "quit"),
     ]
@@ -188,6 +193,43 @@ class KvtuiApp(App[int]):
             self.push_screen(ServerLogScreen(s.name, s.log_path))
         else:
             self.notify("no server log for this side yet", severity="warning")
+
+    # -- replay controls (shown only when the session is a replay) -----------------------------------
+
+    REPLAY_ACTIONS = frozenset({"pause", "faster", "slower", "restart", "jump_to_end"})
+    LIVE_ACTIONS = frozenset({"abort_focused", "abort", "abort_all", "rerun_focused", "rerun_all", "save"})
+
+    @property
+    def replaying(self) -> bool:
+        return hasattr(self.session, "toggle_pause")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.REPLAY_ACTIONS:
+            return self.replaying
+        if action in self.LIVE_ACTIONS:
+            return not self.replaying
+        return True
+
+    def action_pause(self) -> None:
+        paused = self.session.toggle_pause()  # type: ignore[attr-defined]
+        self.notify("paused" if paused else "playing")
+
+    def action_faster(self) -> None:
+        self.session.set_speed(self.session.speed * 2)  # type: ignore[attr-defined]
+        self.notify(f"speed x{self.session.speed:g}")  # type: ignore[attr-defined]
+
+    def action_slower(self) -> None:
+        self.session.set_speed(self.session.speed / 2)  # type: ignore[attr-defined]
+        self.notify(f"speed x{self.session.speed:g}")  # type: ignore[attr-defined]
+
+    def action_restart(self) -> None:
+        if not self._running:
+            self.start_session()
+        else:
+            self.session.restart()  # type: ignore[attr-defined]
+
+    def action_jump_to_end(self) -> None:
+        self.session.jump_to_end()  # type: ignore[attr-defined]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -41,7 +41,8 @@ def test_multi_token_chunks_count_by_n() -> None:
 def test_spread_and_change() -> None:
     s = spread([3.0, None, 1.0, 2.0])
     assert (s.median, s.low, s.high, s.n) == (2.0, 1.0, 3.0, 3)
-    assert str(s) == "2.0 (1.0-3.0)"
+    assert str(s) == "2 (1-3)"  # whole numbers (token counts) print without decimals
+    assert str(spread([1.25, 2.5])) == "1.9 (1.2-2.5)"
     assert spread([None]) is None
     assert pct_change(106, 100) == pytest.approx(6.0)
     assert pct_change(1, 0) is None and pct_change(None, 1) is None

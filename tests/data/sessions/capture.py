@@ -1,0 +1,54 @@
+"""Re-capture the real session records that the snapshot tests and screenshots replay.
+
+Runs the bundled llama-server and model for real:
+- demo.toml:  profiles/demo.toml, both sides to the end;
+- loop.toml:  tests/data/sessions/loop-profile.toml (the model loops; stop_on_loop stops each side);
+- crash.toml: profiles/demo.toml with side q4_0's server killed (SIGKILL) mid-stream.
+
+Usage: python tests/data/sessions/capture.py   (takes about a minute on 2 cores)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+sys.path.insert(0, str(REPO))
+
+from kvtui.core.events import TokenReceived  # noqa: E402
+from kvtui.core.launch import prepare  # noqa: E402
+from kvtui.core.live import LiveSession  # noqa: E402
+
+
+async def capture(profile: Path, out: Path, kill_side: int | None = None, kill_after: int = 30) -> str:
+    prepared = prepare(profile, record=str(out))
+    session = LiveSession(prepared)
+
+    def killer(e: object) -> None:
+        if kill_side is not None and isinstance(e, TokenReceived) and e.side == kill_side and e.n == kill_after:
+            pid = session.runner.servers[kill_side].pid  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+
+    session.sinks.append(killer)
+    status = await session.run()
+    print(f"{out.name}: {status}")
+    return status
+
+
+def main() -> None:
+    asyncio.run(capture(REPO / "profiles" / "demo.toml", HERE / "demo.toml"))
+    asyncio.run(capture(HERE / "loop-profile.toml", HERE / "loop.toml"))
+    asyncio.run(capture(REPO / "profiles" / "demo.toml", HERE / "crash.toml", kill_side=1))
+    for p in HERE.glob("*.logs"):
+        for f in p.iterdir():
+            f.unlink()
+        p.rmdir()
+
+
+if __name__ == "__main__":
+    main()
