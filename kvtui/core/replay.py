@@ -138,10 +138,12 @@ class Replayer:
         speed: 1.0 is real time; larger is faster.
         clock: monotonic seconds (injectable for tests).
         sleep: an async sleep (injectable for tests).
+        stop_at: deliver, at once, every event up to this record time and stop there
+            (a frozen moment of the session, for screenshots and snapshot tests).
     """
 
     def __init__(self, record: dict[str, Any], speed: float = 1.0, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Any] = asyncio.sleep, stop_at: float | None = None) -> None:
         self.record = record
         self.events = record_events(record)
         self.speed = speed
@@ -154,18 +156,25 @@ class Replayer:
         self._base_wall = clock()
         self._skip = False
         self._restart = False
+        self.stop_at = stop_at
         self.recorder = self._new_recorder()
 
     # -- the Session protocol the app uses --------------------------------------------------------
 
     def now(self) -> float:
         """The record time being shown."""
+        if self.stop_at is not None:
+            return self.stop_at
         if self.paused:
             return self._base_t
         return self._base_t + (self.clock() - self._base_wall) * self.speed
 
     async def run(self) -> str:
         """Play from the current position to the end; returns the record's status."""
+        if self.stop_at is not None:
+            while self.position < len(self.events) and self.events[self.position].t <= self.stop_at:
+                self._deliver(self.events[self.position])
+            return "paused"
         while True:
             self._rebase(self.events[self.position].t if self.position < len(self.events) else 0.0)
             while self.position < len(self.events):
@@ -177,16 +186,19 @@ class Replayer:
                     await self.sleep(max(wait, 0.0))
                 if self._restart:
                     break
-                self.position += 1
-                self.recorder.handle(e)
-                for sink in self.sinks:
-                    sink(e)
+                self._deliver(e)
             if not self._restart:
                 break
             self._restart, self._skip, self.position = False, False, 0
             self.recorder = self._new_recorder()
         self._skip = False
         return self.record.get("status", "done")
+
+    def _deliver(self, e: Event) -> None:
+        self.position += 1
+        self.recorder.handle(e)
+        for sink in self.sinks:
+            sink(e)
 
     async def rerun(self, side: int | None = None) -> str:
         self.restart()

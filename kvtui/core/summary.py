@@ -48,7 +48,7 @@ def summarize(record: dict[str, Any]) -> list[SideSummary]:
             runs=len(runs),
             pp=spread(r.get("prompt_per_second") for r in measured),
             # the server sends no timings for a request cut short (abort, loop): kvtui's own rate stands in
-            tg=spread(r.get("predicted_per_second", r.get("client_tokens_per_second")) for r in measured),
+            tg=spread(r.get("predicted_per_second") or r.get("client_tokens_per_second") for r in measured),
             client_tg=spread(r.get("client_tokens_per_second") for r in measured),
             ttft_ms=spread(r.get("ttft_ms") for r in measured),
             tokens=spread(r.get("predicted_n") for r in measured),

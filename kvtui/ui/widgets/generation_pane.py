@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -17,6 +19,14 @@ STATUS_STYLE = {
     "generating": "bold green", "done": "bold cyan", "aborted": "bold yellow", "crashed": "bold red",
     "error": "bold red", "looping": "bold red",
 }
+_LOG_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [IWED] ")
+
+
+def _log_message(line: str) -> str:
+    """A llama-server log line without its timestamp and level."""
+    return _LOG_PREFIX.sub("", line)
+
+
 STATE_CLASSES = ("-streaming", "-looping", "-crashed", "-done", "-waiting", "-aborted")
 
 
@@ -100,7 +110,8 @@ class GenerationPane(Vertical):
         subtitle = f"[{style}] {status} [/]" if style else f" {status} "
         if self._changed("subtitle", subtitle):
             self.border_subtitle = subtitle
-        final = s.predicted_per_second if s.stop is not None else None
+        # once a run ends: the server's own rate, or kvtui's when the server sent none (aborted, loop)
+        final = (s.predicted_per_second or s.meter.average) if s.stop is not None else None
         gauge = (s.meter.current(now), s.meter.average, tuple(s.rates), final)
         if self._changed("gauge", gauge):
             self.query_one(RateGauge).show(gauge[0], gauge[1], s.rates, final)
@@ -159,8 +170,8 @@ class GenerationPane(Vertical):
             t.append(s.error, style="bold red")
             if s.hint:
                 t.append(f"\nfix: {s.hint}", style="red")
-            for line in s.log_tail[-6:]:
-                t.append("\n  " + line[-120:], style="dim")
+            for line in s.log_tail[-4:]:
+                t.append("\n  " + _log_message(line)[:160], style="dim")
         for w in s.warnings:
             t.append(("\n" if t else "") + f"warning: {w}", style="yellow")
         return t

@@ -23,12 +23,12 @@ class RateGauge(Horizontal):
         yield Sparkline([], summary_function=max)
 
     def show(self, current: float | None, average: float | None, history: list[float], final: float | None) -> None:
-        """Redraw: ``final`` (the server's own figure) replaces the live rate once a run ends."""
+        """Redraw: ``final`` (the run's figure) replaces the live rate once a run ends."""
         now = self.query_one("#rate-now", Static)
         avg = self.query_one("#rate-avg", Static)
         if final is not None:
             now.update(f"{final:,.1f} tok/s")
-            avg.update("server timing")
+            avg.update("run")
         else:
             now.update(f"{current:,.1f} tok/s" if current is not None else "– tok/s")
             avg.update(f"avg {average:,.1f}" if average is not None else "avg –")

@@ -1,0 +1,60 @@
+"""Make the README's SVG screenshots from real recorded sessions (tests/data/sessions/).
+
+Each screenshot is the real app, headless, fed by a replay of a session that
+the bundled llama-server really ran (tests/data/sessions/capture.py records them):
+- running.svg:  the demo, mid-generation;
+- finished.svg: the demo after both runs;
+- loop.svg:     the loop session, loops flagged and stopped;
+- crashed.svg:  the demo with one server killed mid-stream.
+
+Usage: python screenshots/make_screenshots.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from kvtui.core.replay import Replayer  # noqa: E402
+from kvtui.core.session import read_record  # noqa: E402
+from kvtui.ui.app import KvtuiApp  # noqa: E402
+
+SESSIONS = REPO / "tests" / "data" / "sessions"
+SIZE = (150, 42)
+
+
+def midpoint(record: dict) -> float:
+    """A moment when every side is generating."""
+    runs = [s["runs"][0] for s in record["sides"] if s.get("runs")]
+    start = max(r["t_sent"] for r in runs)
+    end = min(r["t_end"] for r in runs)
+    return start + (end - start) * 0.45
+
+
+async def shot(record_name: str, out: str, stop_at: float | None = None, title: str = "kvtui") -> None:
+    record = read_record(SESSIONS / record_name)
+    when = stop_at if stop_at is not None else float(record.get("duration_s", 1e9)) + 1
+    if stop_at == -1:
+        when = midpoint(record)
+    app = KvtuiApp(Replayer(record, stop_at=when))
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.6)  # two text flushes and a figures refresh
+        app.save_screenshot(out, str(HERE))
+    print(HERE / out)
+
+
+async def main() -> None:
+    await shot("demo.toml", "running.svg", stop_at=-1)
+    await shot("demo.toml", "finished.svg")
+    await shot("loop.toml", "loop.svg")
+    await shot("crash.toml", "crashed.svg")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
