@@ -20,6 +20,7 @@ examples:
   kvtui                                   the app on the demo profile (bundled server and model)
   kvtui run profiles/demo.toml --headless
   kvtui run profiles/coding-circuit-breaker.toml --model ~/models/Qwen3-Coder-30B-Q4_K_M.gguf
+  kvtui run --from sessions/demo-20261129-170000.toml --server-bin ~/llama.cpp/build/bin/llama-server
   kvtui replay sessions/demo-20261129-170000.toml --speed 4
   kvtui show sessions/*.toml --format md
   kvtui doctor                            what kvtui found: server, model, GPUs
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a profile (the app, or --headless)",
                          description="Start one llama-server per side of PROFILE and compare them.")
     run.add_argument("profile", nargs="?", help="profile TOML (default: the demo profile)")
+    run.add_argument("--from", dest="from_record", metavar="RECORD",
+                     help="repeat the comparison of a session record (same profile, flags, prompt, seed)")
     run.add_argument("--model", help="GGUF model path (overrides the profile)")
     run.add_argument("--server-bin", help="llama-server binary (overrides the profile and $KVTUI_LLAMA_SERVER)")
     run.add_argument("--mode", choices=("auto", "parallel", "sequential"),
@@ -46,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--record", metavar="PATH", help="session record path (default: sessions/<profile>-<time>.toml)")
     run.add_argument("--no-record", action="store_true", help="do not write a session record")
     run.add_argument("--headless", action="store_true", help="no app: print progress and a result table")
+    run.add_argument("--force", action="store_true",
+                     help="run in parallel even where the memory plan says it will not fit")
 
     rep = sub.add_parser("replay", help="watch a saved session again, with its recorded timing",
                          description="Replay a session record in the app (or --headless).")
@@ -79,19 +84,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return replay(args.record, args.speed, args.headless)
         if args.command in (None, "run"):
-            profile = getattr(args, "profile", None) or str(default_profile_path())
+            profile: object = getattr(args, "profile", None) or str(default_profile_path())
+            server_bin = getattr(args, "server_bin", None)
+            if getattr(args, "from_record", None):
+                if getattr(args, "profile", None):
+                    raise KvtuiError("give a PROFILE or --from RECORD, not both", "drop one of them")
+                from .core.session import profile_from_record
+
+                profile, recorded_bin = profile_from_record(args.from_record)
+                server_bin = server_bin or recorded_bin
             headless = getattr(args, "headless", False)
             from .core.launch import prepare
 
-            prepared = prepare(profile, model=getattr(args, "model", None),
-                               server_bin=getattr(args, "server_bin", None), mode=getattr(args, "mode", None),
+            prepared = prepare(profile, model=getattr(args, "model", None),  # type: ignore[arg-type]
+                               server_bin=server_bin, mode=getattr(args, "mode", None),
                                vram_budget_mib=getattr(args, "vram_budget", None),
                                record=getattr(args, "record", None), no_record=getattr(args, "no_record", False))
+            force = getattr(args, "force", False)
             if headless:
+                from .core.plan import overcommit
+
+                refusal = None if force else overcommit(prepared.plan)
+                if refusal is not None:
+                    print(f"kvtui: error: {refusal}", file=sys.stderr)
+                    return EXIT_BAD_INPUT
                 return run_headless(prepared)
             from .ui.app import run_app
 
-            return run_app(prepared)
+            return run_app(prepared, force=force)
     except KvtuiError as exc:
         _print_error(exc)
         return exc.exit_code

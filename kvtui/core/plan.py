@@ -83,6 +83,25 @@ def memory_budget(vram_budget_mib: float | None, probe: object | None) -> tuple[
     return psutil.virtual_memory().available / 2**20, "available RAM", False
 
 
+def memory_need(info: ModelInfo, n_gpu_layers: int, kv_mib: list[float], on_gpu: bool) -> float:
+    """MiB that all sides need at once in the budget's memory (VRAM when ``on_gpu``, else RAM).
+
+    The weights are the tensor bytes (``model_mib``, not the file size). On a
+    GPU every server holds its own copy of the offloaded layers (all of them
+    for ``-ngl`` at or above the layer count, or negative); on the CPU the
+    servers share the mmapped file's pages, so it counts once. Each side adds
+    its KV cache (on the GPU only the offloaded layers' share) and a compute
+    allowance.
+    """
+    n = len(kv_mib)
+    if not on_gpu:
+        return info.model_mib + sum(kv_mib) + COMPUTE_ALLOWANCE_MIB * n
+    share = 1.0
+    if info.layers and 0 <= n_gpu_layers < info.layers:
+        share = n_gpu_layers / info.layers
+    return (info.model_mib * share) * n + sum(kv_mib) * share + COMPUTE_ALLOWANCE_MIB * n
+
+
 def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode: str | None = None,
               vram_budget_mib: float | None = None, probe: object | None = None) -> Plan:
     """Decide the servers' arguments, parallel or sequential, and the schedule.
@@ -102,13 +121,13 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
                  kv_estimate(model_path, profile, s.cache_type_k, s.cache_type_v))
         for s in profile.sides
     )
-    budget, source, on_gpu = memory_budget(vram_budget_mib, probe)
+    # -ngl 0 keeps weights and KV in RAM, so the budget is RAM even where a GPU is present
+    budget, source, on_gpu = memory_budget(vram_budget_mib, probe if profile.n_gpu_layers != 0 else None)
+    on_gpu = on_gpu and profile.n_gpu_layers != 0
     kvs = [s.kv_estimate_mib for s in sides]
     need = None
     if all(k is not None for k in kvs):
-        # each GPU server holds its own weights; CPU servers share the mmapped file
-        weights = info.size_mib * (len(sides) if on_gpu and profile.n_gpu_layers != 0 else 1)
-        need = weights + sum(kvs) + COMPUTE_ALLOWANCE_MIB * len(sides)  # type: ignore[arg-type]
+        need = memory_need(info, profile.n_gpu_layers, kvs, on_gpu)  # type: ignore[arg-type]
     fits = None if need is None or budget is None else need <= budget * HEADROOM
 
     chosen = mode or profile.run.mode
@@ -123,8 +142,9 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
         reason = f"both need ~{need:,.0f} MiB, {source} is {budget:,.0f} MiB: one at a time"
     else:
         chosen = "parallel"
+        unknown = [s.name for s in sides if s.kv_estimate_mib is None]
         reason = (f"both fit: ~{need:,.0f} of {budget:,.0f} MiB {source}" if fits
-                  else "memory need unknown: assuming both fit")
+                  else f"memory need unknown (no KV estimate for {', '.join(unknown)}): assuming both fit")
 
     schedule = profile.run.schedule
     if chosen == "sequential":
@@ -133,3 +153,16 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
         schedule = "alternate" if profile.run.repeats > 1 else "simultaneous"
     return Plan(profile, info, binary, server_version(binary), sides, chosen, reason, schedule,
                 need, budget, source, fits)
+
+
+def overcommit(plan: Plan) -> str | None:
+    """One line saying why a parallel run will not fit, or None when it fits (or nobody can tell).
+
+    Only a parallel run asked for (``--mode parallel`` or the profile) can be
+    one the plan says will not fit: ``auto`` would have chosen sequential.
+    """
+    if plan.mode != "parallel" or plan.fits is not False or plan.need_mib is None or plan.budget_mib is None:
+        return None
+    return (f"parallel run will not fit: the servers need ~{plan.need_mib:,.0f} MiB, {plan.budget_source} is "
+            f"{plan.budget_mib:,.0f} MiB ({HEADROOM:.0%} usable); pass --force to run anyway, "
+            "or --mode sequential")

@@ -138,6 +138,7 @@ class SessionRecorder:
             case ServerExited():
                 s = self.side(event.side)
                 s["exit_code"] = event.returncode
+                s["t_exit"] = round(event.t, 3)
                 if not event.expected:
                     s["log_tail"] = list(event.log_tail)
             case SideFinished():
@@ -248,3 +249,25 @@ def default_record_path(profile_name: str, base: Path | None = None) -> Path:
     """``sessions/<profile>-<YYYYmmdd-HHMMSS>.toml`` under the current folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return (base or Path("sessions")) / f"{profile_name}-{stamp}.toml"
+
+
+def profile_from_record(path: str | Path) -> tuple[Any, str | None]:
+    """The profile a record was run with, and the llama-server it used (None if that is gone).
+
+    Raises:
+        RecordError: the record is unreadable or holds no valid profile.
+    """
+    from .errors import ProfileError
+    from .profiles import parse_profile
+
+    data = read_record(path)
+    raw = data.get("profile")
+    if not isinstance(raw, dict) or not raw:
+        raise RecordError(f"{path}: the record holds no profile", "it was written by an older kvtui; run the profile itself")
+    raw = {k: v for k, v in raw.items() if k != "description" or isinstance(v, str)}
+    try:
+        profile = parse_profile(raw, source=f"{path} [profile]")
+    except ProfileError as exc:
+        raise RecordError(exc.message, exc.hint) from None
+    server_bin = data.get("server", {}).get("bin")
+    return profile, server_bin if isinstance(server_bin, str) and Path(server_bin).is_file() else None

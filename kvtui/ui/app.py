@@ -16,10 +16,11 @@ from textual.binding import Binding
 from textual.containers import Grid
 from textual.widgets import Footer
 
-from ..core.errors import EXIT_OK, EXIT_RUN_FAILED
+from ..core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
 from ..core.events import Event
 from ..core.state import SessionState
 from ..core.summary import summarize
+from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .screens.server_log import ServerLogScreen
 from .widgets.comparison_strip import ComparisonStrip
@@ -51,6 +52,7 @@ class KvtuiApp(App[int]):
         session: the event producer; the app adds its sink to ``session.sinks``.
         replay_label: shown in the header when replaying (e.g. "replay 2026-11-29").
         autostart: start the session on mount (tests may start it themselves).
+        force: start a parallel run that the memory plan says will not fit without asking.
     """
 
     CSS_PATH = "kvtui.tcss"
@@ -73,8 +75,10 @@ class KvtuiApp(App[int]):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, session: Session, *, replay_label: str = "", autostart: bool = True) -> None:
+    def __init__(self, session: Session, *, replay_label: str = "", autostart: bool = True,
+                 force: bool = False) -> None:
         super().__init__()
+        self.force = force
         self.session = session
         self.state = SessionState()
         self.replay_label = replay_label
@@ -106,7 +110,25 @@ class KvtuiApp(App[int]):
         self.set_interval(1 / TEXT_HZ, self._flush_text)
         self.set_interval(1 / FIGURES_HZ, self._refresh_figures)
         if self.autostart:
+            self._start_or_confirm()
+
+    def _start_or_confirm(self) -> None:
+        """Start the session, first asking when the plan says a parallel run will not fit."""
+        from ..core.plan import overcommit
+
+        plan = getattr(getattr(self.session, "prepared", None), "plan", None)
+        refusal = None if self.force or plan is None else overcommit(plan)
+        if refusal is None:
             self.start_session()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.start_session()
+            else:
+                self.exit(EXIT_BAD_INPUT)
+
+        self.push_screen(ConfirmScreen(refusal.split(";")[0] + ".\n\nStart both servers anyway?"), answer)
 
     def _on_event(self, event: Event) -> None:
         """The sink: fold the event into state; rendering happens on the timers."""
@@ -254,12 +276,12 @@ class KvtuiApp(App[int]):
         await self.session.aclose()
 
 
-def run_app(prepared: Any) -> int:
+def run_app(prepared: Any, force: bool = False) -> int:
     """Open the app on a prepared live session; returns the exit code."""
     from ..core.live import LiveSession
 
     session = LiveSession(prepared)
-    app = KvtuiApp(session)
+    app = KvtuiApp(session, force=force)
     try:
         code = app.run()
     finally:

@@ -1,0 +1,61 @@
+"""Snapshots of the app's main states, fed by replays of real recorded sessions (deterministic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvtui.core.replay import Replayer
+from kvtui.core.session import read_record
+from kvtui.ui.app import KvtuiApp
+
+SESSIONS = Path(__file__).resolve().parents[1] / "data" / "sessions"
+SIZE = (150, 42)
+
+
+def frozen_app(name: str, at: float | None = None, label: str = "") -> KvtuiApp:
+    """The app showing the session ``name`` as it was at record time ``at`` (None: the end)."""
+    record = read_record(SESSIONS / name)
+    when = float(record["duration_s"]) + 1 if at is None else at
+    return KvtuiApp(Replayer(record, stop_at=when), replay_label=label)
+
+
+def midpoint(name: str) -> float:
+    record = read_record(SESSIONS / name)
+    runs = [s["runs"][0] for s in record["sides"]]
+    start, end = max(r["t_sent"] for r in runs), min(r["t_end"] for r in runs)
+    return start + (end - start) * 0.45
+
+
+async def settle(pilot) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.6)  # text flushes at 15 Hz, figures at 4 Hz
+
+
+def test_running(snap_compare) -> None:
+    assert snap_compare(frozen_app("demo.toml", midpoint("demo.toml")), terminal_size=SIZE, run_before=settle)
+
+
+def test_finished(snap_compare) -> None:
+    assert snap_compare(frozen_app("demo.toml"), terminal_size=SIZE, run_before=settle)
+
+
+def test_loop_flagged(snap_compare) -> None:
+    assert snap_compare(frozen_app("loop.toml"), terminal_size=SIZE, run_before=settle)
+
+
+def test_crashed_side(snap_compare) -> None:
+    assert snap_compare(frozen_app("crash.toml"), terminal_size=SIZE, run_before=settle)
+
+
+def test_replay_header(snap_compare) -> None:
+    app = frozen_app("demo.toml", label="replay 2026-11-29")
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_help_screen(snap_compare) -> None:
+    async def open_help(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+
+    assert snap_compare(frozen_app("demo.toml"), terminal_size=SIZE, run_before=open_help)
