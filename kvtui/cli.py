@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--headless", action="store_true", help="no app: print progress and a result table")
     run.add_argument("--force", action="store_true",
                      help="run in parallel even where the memory plan says it will not fit")
+    run.add_argument("--allow-remote", action="store_true",
+                     help="accept extra_args that make a server listen beyond 127.0.0.1 (--host 0.0.0.0)")
 
     rep = sub.add_parser("replay", help="watch a saved session again, with its recorded timing",
                          description="Replay a session record in the app (or --headless).")
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             prepared = prepare(profile, model=getattr(args, "model", None),  # type: ignore[arg-type]
                                server_bin=server_bin, mode=getattr(args, "mode", None),
                                vram_budget_mib=getattr(args, "vram_budget", None),
-                               record=getattr(args, "record", None), no_record=getattr(args, "no_record", False))
+                               record=getattr(args, "record", None), no_record=getattr(args, "no_record", False),
+                               allow_remote=getattr(args, "allow_remote", False))
             force = getattr(args, "force", False)
             if headless:
                 from .core.plan import overcommit
@@ -191,6 +194,11 @@ def run_headless(prepared: object) -> int:
         recorder.finalize_partial("aborted")
         console.close()
         console.console.print("[red]interrupted: servers stopped, partial record saved[/]")
+    except Exception:  # kvtui itself failed: servers stopped (finally), and the record says how far it got
+        runner.kill_all_now()
+        recorder.finalize_partial("aborted")
+        console.close()
+        raise
     finally:
         runner.kill_all_now()
     console.print_summary(recorder.data, str(prepared.record_path) if prepared.record_path else None)

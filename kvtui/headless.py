@@ -29,7 +29,7 @@ from .core.events import (
     WarmupDone,
 )
 from .core.metrics import RateMeter
-from .core.summary import clean_finish, comparison_line, summarize
+from .core.summary import clean_finish, comparison_line, summarize, verdicts
 
 
 @dataclass
@@ -158,20 +158,28 @@ class HeadlessConsole:
         return t
 
     def print_summary(self, record: dict[str, Any], path: str | None) -> None:
-        """The final side-by-side table, the comparison and where the record is."""
+        """The final side-by-side table (a matrix with more sides), verdicts, divergence, the record path."""
         summaries = summarize(record)
+        answers = any(s.answers_checked for s in summaries)
         t = Table(title="kvtui result", title_justify="left")
-        for col, just in (("side", "left"), ("KV types", "left"), ("pp t/s", "right"), ("tg t/s", "right"),
-                          ("TTFT ms", "right"), ("tokens", "right"), ("KV MiB", "right"), ("peak mem", "right"),
-                          ("stop", "left")):
+        cols = [("side", "left"), ("KV types", "left"), ("pp t/s", "right"), ("tg t/s", "right"),
+                ("TTFT ms", "right"), ("tokens", "right"), ("KV MiB", "right"), ("peak mem", "right")]
+        if answers:
+            cols.append(("answers", "right"))
+        cols += [("loops", "right"), ("stop", "left")]
+        for col, just in cols:
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for s in summaries:
             kv = f"{s.kv_mib:.2f}" if s.kv_mib is not None else "?"
             if s.kv_estimate_mib is not None:
                 kv += f" (est {s.kv_estimate_mib:.2f})"
             mem = f"{s.mem_peak_mib:.0f} {s.mem_kind}" if s.mem_peak_mib is not None else "-"
-            t.add_row(s.name, s.cache, str(s.pp or "-"), str(s.tg or "-"), str(s.ttft_ms or "-"),
-                      str(s.tokens or "-"), kv, mem, ", ".join(s.stops) or s.status)
+            row = [s.name, s.cache, str(s.pp or "-"), str(s.tg or "-"), str(s.ttft_ms or "-"), str(s.tokens or "-"),
+                   kv, mem]
+            if answers:
+                row.append(f"{s.answers_right}/{s.answers_checked}" if s.answers_checked else "-")
+            row += [f"{s.loops}/{s.runs}" if s.runs else "-", _stops(s.stops) or s.status]
+            t.add_row(*row)
         self.console.print(t)
         if record.get("schedule") == "simultaneous" and len(summaries) > 1:
             self.console.print("[dim]figures from simultaneous generation: the servers shared the hardware[/]")
@@ -180,5 +188,41 @@ class HeadlessConsole:
                 self.console.print(comparison_line(summaries[0], other))
             clean = [s.name for s in summaries if clean_finish(s)]
             self.console.print(f"clean finish: {', '.join(clean) if clean else 'none'}")
+        found = verdicts(record)
+        if found and any(v.pairs > 1 for _, _, v in found):
+            self.console.print("[bold]paired verdicts[/] (runs paired by prompt and seed):")
+            for base, other, v in found:
+                self.console.print(f"  {other} vs {base}: {v}")
+        for line in divergence_lines(record):
+            self.console.print(line)
         if path:
             self.console.print(f"record: {path}")
+
+
+def _stops(stops: tuple[str, ...]) -> str:
+    """``length x5, loop`` rather than five repeats of the same word."""
+    from collections import Counter
+
+    return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in Counter(stops).items())
+
+
+def divergence_lines(record: dict[str, Any]) -> list[str]:
+    """One line per side pair: where the generations part, and how close the distributions are."""
+    import statistics
+
+    comps = record.get("comparisons") or []
+    out = []
+    for key in dict.fromkeys((c["base"], c["other"]) for c in comps):
+        cs = [c for c in comps if (c["base"], c["other"]) == key]
+        same = sum(1 for c in cs if c.get("identical"))
+        firsts = [c["first_divergence"] for c in cs if "first_divergence" in c]
+        text = f"{key[1]} vs {key[0]}: identical in {same}/{len(cs)} runs"
+        if firsts:
+            text += f"; first different token at {statistics.median(firsts):g} (median)"
+        text += f"; aligned agreement {statistics.mean(c['alignment'] for c in cs):.0%}"
+        top1 = [c["top1_agreement"] for c in cs if "top1_agreement" in c]
+        kls = [c["kl_mean"] for c in cs if "kl_mean" in c]
+        if top1:
+            text += f"; top-1 agreement {statistics.mean(top1):.1%}, KL {statistics.mean(kls):.4f} nats"
+        out.append(text)
+    return out

@@ -30,6 +30,7 @@ class Piece:
     n: int
     text: str
     token_id: int | None
+    top: tuple[tuple[int, float], ...] | None = None  # (token id, logprob) of the top-N, when asked for
 
 
 @dataclass(slots=True)
@@ -47,7 +48,8 @@ class StreamStalled(KvtuiError):
 
 
 def build_request(prompt: Prompt, sampling: Sampling, *, n_predict: int | None = None,
-                  cache_prompt: bool = False) -> tuple[str, dict[str, Any]]:
+                  cache_prompt: bool = False, seed: int | None = None,
+                  n_probs: int | None = None) -> tuple[str, dict[str, Any]]:
     """The endpoint path and JSON body for one request.
 
     Args:
@@ -55,24 +57,46 @@ def build_request(prompt: Prompt, sampling: Sampling, *, n_predict: int | None =
         sampling: the shared sampler settings.
         n_predict: override of ``sampling.n_predict`` (warm-up uses a few tokens).
         cache_prompt: False on measured requests so every run processes the whole prompt.
+        seed: override of ``sampling.seed`` (each repeat gets its own).
+        n_probs: override of ``sampling.n_probs`` (0 for warm-up).
     """
     common: dict[str, Any] = {
         "temperature": sampling.temperature,
-        "seed": sampling.seed,
+        "seed": sampling.seed if seed is None else seed,
         "top_k": sampling.top_k,
         "top_p": sampling.top_p,
         "stream": True,
         "cache_prompt": cache_prompt,
     }
     limit = sampling.n_predict if n_predict is None else n_predict
+    probs = sampling.n_probs if n_probs is None else n_probs
     if prompt.endpoint == "chat":
         messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
             {"role": "user", "content": prompt.text}
         ]
         body = {**common, "messages": messages, "max_tokens": limit, "timings_per_token": True,
                 "stream_options": {"include_usage": True}}
+        if probs:
+            body.update(logprobs=True, top_logprobs=probs)
         return "/v1/chat/completions", body
-    return "/completion", {**common, "prompt": prompt.text, "n_predict": limit}
+    body = {**common, "prompt": prompt.text, "n_predict": limit}
+    if probs:
+        body["n_probs"] = probs
+    return "/completion", body
+
+
+def _top(entries: Any) -> tuple[tuple[int, float], ...] | None:
+    """The last token's top-N as (id, logprob) from ``completion_probabilities`` or chat ``logprobs``."""
+    if not isinstance(entries, list) or not entries or not isinstance(entries[-1], dict):
+        return None
+    top = entries[-1].get("top_logprobs")
+    if not isinstance(top, list):
+        return None
+    out = []
+    for t in top:
+        if isinstance(t, dict) and isinstance(t.get("id"), int) and isinstance(t.get("logprob"), int | float):
+            out.append((t["id"], float(t["logprob"])))
+    return tuple(out) or None
 
 
 _STOP_TYPES = {"eos": "eos", "limit": "length", "word": "word"}
@@ -97,7 +121,7 @@ class StreamParser:
         if "error" in payload:
             err = payload["error"]
             msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            raise KvtuiError(f"server error: {msg}", exit_code=1)
+            raise KvtuiError(f"server error: {_one_line(msg)}", "see the server log", exit_code=1)
         if "choices" in payload:
             return self._chat(payload, t)
         return self._completion(payload, t)
@@ -119,7 +143,8 @@ class StreamParser:
             n = self.n + 1
         self.n = n
         tokens = p.get("tokens") or []
-        return Piece(t, n, p.get("content") or "", tokens[-1] if tokens else None)
+        return Piece(t, n, p.get("content") or "", tokens[-1] if tokens else None,
+                     _top(p.get("completion_probabilities")))
 
     def _chat(self, p: dict[str, Any], t: float) -> Piece | None:
         timings = p.get("timings")
@@ -137,7 +162,10 @@ class StreamParser:
             return None
         n = timings.get("predicted_n") if isinstance(timings, dict) else None
         self.n = n if isinstance(n, int) else self.n + 1
-        return Piece(t, self.n, text, None)
+        logprobs = choice.get("logprobs")
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        token_id = content[-1].get("id") if isinstance(content, list) and content and isinstance(content[-1], dict) else None
+        return Piece(t, self.n, text, token_id if isinstance(token_id, int) else None, _top(content))
 
 
 async def stream(
@@ -170,7 +198,10 @@ async def stream(
                            timeout=httpx.Timeout(10.0, read=None)) as resp:
         if resp.status_code != 200:
             raw = await resp.aread()
-            raise KvtuiError(f"HTTP {resp.status_code} from {path}: {_error_message(raw)}", exit_code=1)
+            hint = ("the server refused kvtui's API key: another program may answer on this port"
+                    if resp.status_code in (401, 403) else "see the server log")
+            raise KvtuiError(f"HTTP {resp.status_code} from {path}: {_one_line(_error_message(raw))}", hint,
+                             exit_code=1)
         decoder = SSEDecoder()
         lines = resp.aiter_lines()
         while True:
@@ -197,6 +228,12 @@ async def stream(
                 yield piece
     if not parser.finished:
         raise SSEError("the stream ended before the server said it was done")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """Server text for a one-line message: whitespace (newlines too) collapsed, cut at ``limit``."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _error_message(raw: bytes) -> str:

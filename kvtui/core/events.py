@@ -9,7 +9,7 @@ Events are frozen dataclasses; ``t`` is seconds since the session started
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 StopReason = Literal["eos", "length", "word", "loop", "aborted", "error"]
 SideStatus = Literal[
@@ -165,6 +165,11 @@ class RunFinished:
     loop: tuple[int, int, int] | None = None  # period, start, repeats
     error: str | None = None
     t_sent: float | None = None
+    prompt: str = ""  # the prompt's name
+    repeat: int = 0
+    seed: int | None = None
+    check: dict[str, Any] | None = None  # kvtui.core.checks.TaskCheck.to_dict()
+    top: tuple[tuple[tuple[int, float], ...], ...] = field(default=(), repr=False)  # per piece: (id, logprob) top-N
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import KvtuiError
 from .locate import find_model, find_server
 from .plan import Plan, make_plan
-from .profiles import Profile, load_profile
+from .profiles import Profile, check_remote, load_profile
 from .session import SessionRecorder, default_record_path, host_info
 
 
@@ -57,13 +57,17 @@ def check_writable(path: Path) -> None:
 
 def prepare(profile: Profile | str | Path, *, model: str | None = None, server_bin: str | None = None,
             mode: str | None = None, vram_budget_mib: float | None = None, record: str | None = None,
-            no_record: bool = False) -> Prepared:
+            no_record: bool = False, allow_remote: bool = False) -> Prepared:
     """Validate everything and build the plan.
+
+    ``allow_remote`` accepts extra_args that make a server listen beyond
+    127.0.0.1 (``--host 0.0.0.0``); without it such a profile is refused.
 
     Raises:
         KvtuiError: bad profile, missing model or binary, unwritable record.
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    check_remote(prof, allow_remote)
     if mode is not None and mode not in ("auto", "parallel", "sequential"):
         raise KvtuiError(f"--mode {mode} is not allowed", "use auto, parallel or sequential")
     if vram_budget_mib is not None and vram_budget_mib <= 0:

@@ -9,6 +9,8 @@ key gets a "did you mean" hint.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +45,8 @@ class Prompt:
     endpoint: str = "completion"
     system: str = ""
     name: str = "prompt"
+    expected: str = ""  # an exact answer the reply must contain
+    expected_regex: str = ""  # or a pattern it must match
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class Sampling:
     top_k: int = 40
     top_p: float = 1.0
     n_predict: int = 256
+    n_probs: int = 0  # >0: ask for each token's top-N probabilities (divergence and KL between sides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,7 @@ class Profile:
     name: str
     model: str  # a path, "bundled", or "" (the model must come from --model)
     sides: tuple[Side, ...]
-    prompt: Prompt
+    prompts: tuple[Prompt, ...]
     server_bin: str = ""
     ctx_size: int = 4096
     n_gpu_layers: int = 99
@@ -86,6 +91,11 @@ class Profile:
     run: RunSettings = field(default_factory=RunSettings)
     description: str = ""
     source: str = ""
+
+    @property
+    def prompt(self) -> Prompt:
+        """The first prompt (most profiles have one)."""
+        return self.prompts[0]
 
     def with_overrides(self, **changes: Any) -> Profile:
         """Return a copy with the given fields replaced (command-line flags)."""
@@ -110,31 +120,39 @@ class Profile:
                  "extra_args": list(s.extra_args)}
                 for s in self.sides
             ],
-            "prompt": {"text": self.prompt.text, "endpoint": self.prompt.endpoint,
-                       "system": self.prompt.system, "name": self.prompt.name},
+            "prompts": [_prompt_dict(p) for p in self.prompts],
             "sampling": {"temperature": self.sampling.temperature, "seed": self.sampling.seed,
                          "top_k": self.sampling.top_k, "top_p": self.sampling.top_p,
-                         "n_predict": self.sampling.n_predict},
+                         "n_predict": self.sampling.n_predict, "n_probs": self.sampling.n_probs},
             "run": {"warmup": self.run.warmup, "repeats": self.run.repeats, "mode": self.run.mode,
                     "schedule": self.run.schedule, "stop_on_loop": self.run.stop_on_loop,
                     "stall_timeout_s": self.run.stall_timeout_s},
         }
 
 
+def _prompt_dict(p: Prompt) -> dict[str, Any]:
+    d = {"name": p.name, "text": p.text, "endpoint": p.endpoint, "system": p.system}
+    if p.expected:
+        d["expected"] = p.expected
+    if p.expected_regex:
+        d["expected_regex"] = p.expected_regex
+    return d
+
+
 # --- validation -------------------------------------------------------------------------------
 
 # key -> (expected python type(s), allowed values or None)
 _TOP = {"name": (str, None), "description": (str, None), "model": (dict, None), "server": (dict, None),
-        "sides": (list, None), "prompt": (dict, None), "sampling": (dict, None), "run": (dict, None)}
+        "sides": (list, None), "prompt": (dict, None), "prompts": (list, None), "sampling": (dict, None), "run": (dict, None)}
 _MODEL = {"path": (str, None)}
 _SERVER = {"bin": (str, None), "ctx_size": (int, None), "n_gpu_layers": (int, None),
            "flash_attn": (str, FLASH_ATTN), "threads": (int, None), "extra_args": (list, None)}
 _SIDE = {"name": (str, None), "cache_type_k": (str, CACHE_TYPES), "cache_type_v": (str, CACHE_TYPES),
          "extra_args": (list, None)}
 _PROMPT = {"text": (str, None), "file": (str, None), "endpoint": (str, ENDPOINTS), "system": (str, None),
-           "name": (str, None)}
+           "name": (str, None), "expected": (str, None), "expected_regex": (str, None)}
 _SAMPLING = {"temperature": ((int, float), None), "seed": (int, None), "top_k": (int, None),
-             "top_p": ((int, float), None), "n_predict": (int, None)}
+             "top_p": ((int, float), None), "n_predict": (int, None), "n_probs": (int, None)}
 _RUN = {"warmup": (bool, None), "repeats": (int, None), "mode": (str, MODES), "schedule": (str, SCHEDULES),
         "stop_on_loop": (bool, None), "stall_timeout_s": ((int, float), None)}
 
@@ -163,6 +181,10 @@ class _Checker:
             kind, allowed = schema[key]
             if not _is(value, kind):
                 raise self.fail(full, f"expected {_TYPE_NAMES.get(kind, kind)}, got {_show(value)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(full, f"{value} is not a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+                raise self.fail(full, f"{_show(value)} is out of range", "TOML integers are 64-bit")
             if allowed is not None and value not in allowed:
                 raise self.fail(full, f"{_show(value)} is not allowed", f"allowed: {', '.join(allowed)}")
         return data
@@ -207,7 +229,6 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     c.table(data, _TOP, "")
     model = c.table(data.get("model", {}), _MODEL, "model")
     server = c.table(data.get("server", {}), _SERVER, "server")
-    prompt = c.table(data.get("prompt", {}), _PROMPT, "prompt")
     sampling = c.table(data.get("sampling", {}), _SAMPLING, "sampling")
     run = c.table(data.get("run", {}), _RUN, "run")
 
@@ -231,22 +252,16 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     if len(set(names)) != len(names):
         raise c.fail("sides", f"side names must differ, got {names}", "give each [[sides]] its own name")
 
-    if "text" in prompt and "file" in prompt:
-        raise c.fail("prompt", "give either text or file, not both")
-    if "file" in prompt:
-        path = Path(prompt["file"])
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise c.fail("prompt.file", f'cannot read "{path}": {exc.strerror}', "check the path") from None
-    elif "text" in prompt:
-        text = prompt["text"]
-    else:
-        raise c.fail("prompt", "missing text or file", 'add text = "..." or file = "prompt.txt" under [prompt]')
-    if not text.strip():
-        raise c.fail("prompt.text", "the prompt is empty")
+    if "prompt" in data and "prompts" in data:
+        raise c.fail("prompts", "give either [prompt] or [[prompts]], not both", "use [[prompts]] for a suite")
+    raw_prompts = data.get("prompts") if "prompts" in data else [data.get("prompt", {})]
+    if not raw_prompts:
+        raise c.fail("prompts", "the list is empty", "add at least one [[prompts]] table")
+    prompts = tuple(_parse_prompt(c, raw, "prompt" if "prompts" not in data else f"prompts[{k}]", base_dir, k)
+                    for k, raw in enumerate(raw_prompts))
+    names = [pr.name for pr in prompts]
+    if len(set(names)) != len(names):
+        raise c.fail("prompts", f"prompt names must differ, got {names}", "give each [[prompts]] its own name")
 
     ctx_size = server.get("ctx_size", 4096)
     c.positive(ctx_size, "server.ctx_size", 256)
@@ -254,6 +269,9 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     c.positive(repeats, "run.repeats")
     n_predict = sampling.get("n_predict", 256)
     c.positive(n_predict, "sampling.n_predict")
+    n_probs = sampling.get("n_probs", 0)
+    if not 0 <= n_probs <= 100:
+        raise c.fail("sampling.n_probs", f"{n_probs} is out of range", "use 0 (off) to 100; 5 is plenty")
     c.positive(run.get("stall_timeout_s", 120.0), "run.stall_timeout_s")
     if sampling.get("temperature", 0.0) < 0:
         raise c.fail("sampling.temperature", "must be 0 or more")
@@ -275,16 +293,50 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
         threads=server.get("threads", 0),
         extra_args=c.strings(server.get("extra_args", []), "server.extra_args"),
         sides=tuple(sides),
-        prompt=Prompt(text=text, endpoint=prompt.get("endpoint", "completion"),
-                      system=prompt.get("system", ""), name=prompt.get("name", "prompt")),
+        prompts=prompts,
         sampling=Sampling(temperature=float(sampling.get("temperature", 0.0)), seed=sampling.get("seed", 42),
                           top_k=sampling.get("top_k", 40), top_p=float(sampling.get("top_p", 1.0)),
-                          n_predict=n_predict),
+                          n_predict=n_predict, n_probs=n_probs),
         run=RunSettings(warmup=run.get("warmup", True), repeats=repeats, mode=run.get("mode", "auto"),
                         schedule=run.get("schedule", "auto"), stop_on_loop=run.get("stop_on_loop", False),
                         stall_timeout_s=float(run.get("stall_timeout_s", 120.0))),
         source=source,
     )
+
+
+def _parse_prompt(c: _Checker, raw: Any, where: str, base_dir: Path | None, k: int) -> Prompt:
+    prompt = c.table(raw, _PROMPT, where)
+    if "text" in prompt and "file" in prompt:
+        raise c.fail(where, "give either text or file, not both")
+    if "file" in prompt:
+        path = Path(prompt["file"])
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if path.exists() and not path.is_file():  # a folder, a FIFO or /dev/stdin: never block on it
+            raise c.fail(f"{where}.file", f'"{path}" is not a regular file', "point at a text file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path; UnicodeDecodeError: not UTF-8
+            why = getattr(exc, "strerror", None) or (
+                "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not a valid path")
+            raise c.fail(f"{where}.file", f'cannot read "{path}": {why}', "check the path") from None
+    elif "text" in prompt:
+        text = prompt["text"]
+    else:
+        raise c.fail(where, "missing text or file", f'add text = "..." or file = "prompt.txt" under [{where}]')
+    if not text.strip():
+        raise c.fail(f"{where}.text", "the prompt is empty")
+    if "expected_regex" in prompt:
+        import re
+
+        try:
+            re.compile(prompt["expected_regex"])
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise c.fail(f"{where}.expected_regex", f"not a valid regular expression: {exc}") from None
+    default_name = "prompt" if k == 0 else f"prompt{k + 1}"
+    return Prompt(text=text, endpoint=prompt.get("endpoint", "completion"), system=prompt.get("system", ""),
+                  name=prompt.get("name", default_name), expected=prompt.get("expected", ""),
+                  expected_regex=prompt.get("expected_regex", ""))
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -306,7 +358,54 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError(f"{p}: not a text file", "a profile is a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{p}: not valid TOML: {exc}", "fix the syntax at that line") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise ProfileError(f"{p}: not valid TOML: nested too deeply", "a profile nests tables two levels at most") from None
     return parse_profile(data, source=str(p), base_dir=p.parent)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_hosts(profile: Profile) -> list[tuple[str, str]]:
+    """(key, host) for each ``--host`` in the extra_args that is not a loopback address.
+
+    kvtui starts every server with ``--host 127.0.0.1``; a later ``--host`` in
+    extra_args (``--host X`` or ``--host=X``) would override it.
+    """
+    found = []
+    lists = [("server.extra_args", profile.extra_args)]
+    lists += [(f"sides[{i}].extra_args", s.extra_args) for i, s in enumerate(profile.sides)]
+    for where, args in lists:
+        for j, arg in enumerate(args):
+            if arg == "--host":
+                host = args[j + 1] if j + 1 < len(args) else ""
+            elif arg.startswith("--host="):
+                host = arg.partition("=")[2]
+            else:
+                continue
+            if not _is_loopback(host):
+                found.append((where, host))
+    return found
+
+
+def check_remote(profile: Profile, allow_remote: bool = False) -> None:
+    """Refuse extra_args that would make a server listen beyond loopback, unless ``allow_remote``.
+
+    Raises:
+        ProfileError: naming the file, the key and the host.
+    """
+    bad = remote_hosts(profile)
+    if bad and not allow_remote:
+        where, host = bad[0]
+        raise ProfileError(f"{profile.source or '<profile>'}: {where}: --host {host or '(empty)'} would let other "
+                           "machines reach llama-server",
+                           "remove it (kvtui keeps its servers on 127.0.0.1), or pass --allow-remote to accept that")
 
 
 def default_profile_path() -> Path:

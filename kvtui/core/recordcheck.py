@@ -9,7 +9,8 @@ from .errors import RecordError
 _NUM = (int, float)
 _TOP: dict[str, Any] = {"created": str, "kvtui_version": str, "mode": str, "mode_reason": str, "schedule": str,
                         "status": str, "duration_s": _NUM, "host": dict, "server": dict, "model": dict,
-                        "profile": dict, "sides": list, "error": str}
+                        "profile": dict, "sides": list, "error": str,
+                        "comparisons": list, "verdicts": list}
 _SIDE: dict[str, Any] = {"name": str, "cache_type_k": str, "cache_type_v": str, "argv": list, "status": str,
                          "kv_cache_mib": _NUM, "kv_estimate_mib": _NUM, "vram_peak_mib": _NUM, "rss_peak_mib": _NUM,
                          "t_start": _NUM, "t_ready": _NUM, "t_exit": _NUM, "pid": int, "load_s": _NUM, "n_ctx": int,
@@ -18,7 +19,8 @@ _SIDE: dict[str, Any] = {"name": str, "cache_type_k": str, "cache_type_v": str, 
 _RUN: dict[str, Any] = {"run": int, "stop": str, "prompt_n": int, "prompt_per_second": _NUM, "predicted_n": int,
                         "predicted_per_second": _NUM, "ttft_ms": _NUM, "client_tokens_per_second": _NUM,
                         "t_end": _NUM, "t_sent": _NUM, "text": str, "pieces": list, "t_ms": list, "ids": list,
-                        "counts": list, "loop": dict, "error": str}
+                        "counts": list, "loop": dict, "error": str, "prompt": str, "repeat": int, "seed": int,
+                        "check": dict, "top_ids": list, "top_logprobs": list}
 _STOPS = ("eos", "length", "word", "loop", "aborted", "error")
 
 

@@ -45,6 +45,11 @@ def _loop_detector() -> Any:
     return LoopDetector()
 
 
+def _tops(run: dict[str, Any]) -> tuple[tuple[tuple[int, float], ...], ...]:
+    ids, lps = run.get("top_ids", []), run.get("top_logprobs", [])
+    return tuple(tuple(zip(a, b, strict=False)) for a, b in zip(ids, lps, strict=False))
+
+
 def _run_events(i: int, run: dict[str, Any]) -> list[Event]:
     pieces, t_ms = run.get("pieces", []), run.get("t_ms", [])
     ids = run.get("ids") or [-1] * len(pieces)
@@ -74,7 +79,8 @@ def _run_events(i: int, run: dict[str, Any]) -> list[Event]:
         client_tokens_per_second=run.get("client_tokens_per_second"), text=run.get("text", ""),
         pieces=tuple(pieces), t_ms=tuple(t_ms), ids=tuple(ids), counts=tuple(counts),
         loop=(loop["period"], loop["start"], loop["repeats"]) if isinstance(loop, dict) else None,
-        error=run.get("error"), t_sent=t_sent,
+        error=run.get("error"), t_sent=t_sent, prompt=run.get("prompt", ""), repeat=run.get("repeat", 0),
+        seed=run.get("seed"), check=run.get("check"), top=_tops(run),
     ))
     return out
 

@@ -38,7 +38,9 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
+from .checks import check_text
 from .plan import Plan
+from .profiles import Prompt
 from .server import LlamaServer
 from .serverlog import tail
 
@@ -60,6 +62,10 @@ class _RunState:
     last: tuple[float, int] | None = None
     loop: tuple[int, int, int] | None = None
     result: client.StreamResult = field(default_factory=client.StreamResult)
+    prompt: Prompt | None = None
+    repeat: int = 0
+    seed: int | None = None
+    tops: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
 
 
 class Runner:
@@ -201,8 +207,12 @@ class Runner:
                                          stall_timeout_s=self.plan.profile.run.stall_timeout_s):
                 pass
         except (KvtuiError, httpx.HTTPError) as exc:
-            await self._settle(i)
+            stalled = isinstance(exc, client.StreamStalled)
+            if not stalled:
+                await self._settle(i)
             self._fail(i, self._explain(i, exc), "crashed" if self._dead(i) else "error")
+            if stalled:
+                await self._stop(i)  # a hung server is stopped now, not at the end of the session
             return False
         self.emit(WarmupDone(self.now(), i, round((self.clock() - t) * 1000, 1)))
         return True
@@ -253,27 +263,31 @@ class Runner:
         self._next_run[i] = n + 1
         return n
 
+    def _jobs(self) -> list[tuple[Prompt, int]]:
+        """Every measured request of a side: each prompt, each repeat (a repeat gets its own seed)."""
+        prof = self.plan.profile
+        return [(prompt, r) for r in range(prof.run.repeats) for prompt in prof.prompts]
+
     async def _measure_all(self, up: list[int]) -> None:
-        repeats = self.plan.profile.run.repeats
-        for r in range(repeats):
+        for k, (prompt, repeat) in enumerate(self._jobs()):
             live = [i for i in up if self.status[i] not in ("crashed", "error", "aborted")]
             if not live:
                 break
             if self.plan.schedule == "alternate":
-                order = live if r % 2 == 0 else list(reversed(live))  # alternate who goes first
+                order = live if k % 2 == 0 else list(reversed(live))  # alternate who goes first
                 for i in order:
-                    await self._measure(i, self._run_index(i))
+                    await self._measure(i, self._run_index(i), prompt, repeat)
             else:
-                await asyncio.gather(*(self._measure(i, self._run_index(i)) for i in live))
+                await asyncio.gather(*(self._measure(i, self._run_index(i), prompt, repeat) for i in live))
         for i in up:
             if self.status[i] not in ("crashed", "error", "aborted"):
                 self._finish_side(i)
 
     async def _measure_side(self, i: int) -> None:
-        for _ in range(self.plan.profile.run.repeats):
+        for prompt, repeat in self._jobs():
             if self.status[i] in ("crashed", "error", "aborted"):
                 return
-            await self._measure(i, self._run_index(i))
+            await self._measure(i, self._run_index(i), prompt, repeat)
         if self.status[i] not in ("crashed", "error", "aborted"):
             self._finish_side(i)
 
@@ -281,26 +295,42 @@ class Runner:
         self._set(i, "done")
         self.emit(SideFinished(self.now(), i, "done"))
 
-    async def _measure(self, i: int, run: int) -> None:
+    async def _measure(self, i: int, run: int, prompt: Prompt, repeat: int) -> None:
         if i in self._aborted:
             self._aborted_side(i)
             return
         srv = self.servers[i]
         prof = self.plan.profile
-        path, body = client.build_request(prof.prompt, prof.sampling, cache_prompt=False)
-        state = _RunState(sent=self.now())
+        seed = prof.sampling.seed + repeat
+        path, body = client.build_request(prompt, prof.sampling, cache_prompt=False, seed=seed)
+        state = _RunState(sent=self.now(), prompt=prompt, repeat=repeat, seed=seed)
         self._set(i, "generating")
-        self.emit(RequestSent(state.sent, i, run, prof.prompt.name))
+        self.emit(RequestSent(state.sent, i, run, prompt.name))
         task = asyncio.create_task(self._consume(i, run, srv, path, body, state))
         self._requests[i] = task
-        await asyncio.wait({task})
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:  # the session is cancelled (signal, quit): keep what came as an aborted run
+            task.cancel()
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: the server may have died first
+            self._requests.pop(i, None)
+            self._aborted.add(i)
+            state.result.stop = "aborted"
+            self._emit_run(i, run, state)
+            self._aborted_side(i)
+            raise
         self._requests.pop(i, None)
         error: KvtuiError | None = None
+        stalled = False
         if task.cancelled():
             state.result.stop = "loop" if state.loop and prof.run.stop_on_loop and i not in self._aborted else "aborted"
         elif task.exception() is not None:
             exc = task.exception()
-            await self._settle(i)
+            stalled = isinstance(exc, client.StreamStalled)
+            if not stalled:
+                await self._settle(i)
             error = self._explain(i, exc) if isinstance(exc, KvtuiError | httpx.HTTPError) else KvtuiError(
                 f"internal error: {exc!r}", "please report this", exit_code=1)
             state.result.stop = "error"
@@ -308,6 +338,8 @@ class Runner:
         self._emit_run(i, run, state)
         if error is not None:
             self._fail(i, error, "crashed" if self._dead(i) else "error")
+            if stalled:
+                await self._stop(i)  # a hung server is stopped now (SIGTERM + SIGCONT, then SIGKILL)
         elif state.result.stop == "aborted":
             self._aborted_side(i)
 
@@ -330,6 +362,8 @@ class Runner:
             state.t_ms.append(round((piece.t - state.sent) * 1000, 1))
             state.ids.append(piece.token_id if piece.token_id is not None else -1)
             state.counts.append(piece.n)
+            if piece.top is not None:
+                state.tops.append(piece.top)
             self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
             if detector is not None and piece.token_id is not None:
                 found = detector.feed(piece.token_id, piece.text)
@@ -354,7 +388,16 @@ class Runner:
             ttft_ms=_r(ttft), client_tokens_per_second=_r(client_tps), text="".join(state.pieces),
             pieces=tuple(state.pieces), t_ms=tuple(state.t_ms), ids=tuple(state.ids), counts=tuple(state.counts),
             loop=state.loop, error=state.result.error, t_sent=round(state.sent, 3),
+            prompt=state.prompt.name if state.prompt else "", repeat=state.repeat, seed=state.seed,
+            check=self._check(state), top=tuple(state.tops) if len(state.tops) == len(state.pieces) else (),
         ))
+
+    @staticmethod
+    def _check(state: _RunState) -> dict[str, object] | None:
+        if state.prompt is None:
+            return None
+        p = state.prompt
+        return check_text("".join(state.pieces), expected=p.expected or None, regex=p.expected_regex or None).to_dict()
 
     # -- memory ---------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import secrets
 import signal
@@ -72,12 +73,21 @@ def server_args(profile: Profile, side: Side, model: Path, known: frozenset[str]
     return args + list(profile.extra_args) + list(side.extra_args)
 
 
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+def _set_pdeathsig(parent: int | None = None) -> None:  # runs in the child between fork and exec
+    """SIGTERM this child when kvtui dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
+
+    The signal follows the *thread* that forked: asyncio spawns from the event
+    loop's thread, which lives as long as kvtui. ``parent`` closes the race
+    where kvtui dies between fork and prctl: then the child is already orphaned
+    and must not go on to exec.
+    """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +144,8 @@ class LlamaServer:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                    env=self.binary.launch_env(), start_new_session=True, preexec_fn=_set_pdeathsig,
+                    env=self.binary.launch_env(), start_new_session=True,
+                    preexec_fn=functools.partial(_set_pdeathsig, os.getpid()),
                 )
             except OSError as exc:
                 raise ServerError(f"cannot start {self.binary.path}: {exc.strerror}",
@@ -194,13 +205,18 @@ class LlamaServer:
         return ServerError(cause, fix, tail(text))
 
     async def stop(self, grace_s: float = 5.0) -> int | None:
-        """SIGTERM, wait up to ``grace_s``, then SIGKILL; returns the exit code."""
+        """SIGTERM, wait up to ``grace_s``, then SIGKILL; returns the exit code.
+
+        A stopped process (SIGSTOP, a hung server) acts on SIGTERM only once it
+        runs again, so SIGCONT follows it.
+        """
         self._stopping = True
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return proc.returncode if proc else None
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
+            proc.send_signal(signal.SIGCONT)
         try:
             return await asyncio.wait_for(proc.wait(), grace_s)
         except TimeoutError:

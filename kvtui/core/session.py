@@ -34,6 +34,7 @@ from .events import (
     SessionFinished,
     SessionStarted,
     SideFinished,
+    TokenReceived,
     WarmupDone,
 )
 
@@ -92,6 +93,8 @@ class SessionRecorder:
         self.clock = clock
         self._last_save = clock()
         self._last_mem: dict[int, float] = {}
+        self._partial: dict[int, dict[str, Any]] = {}  # side -> the run still streaming (saved as "aborted")
+        self._cut: dict[tuple[int, int], int] = {}  # (side, run) -> index of a run finalize_partial cut short
         self.data: dict[str, Any] = {"schema": SCHEMA, "kvtui_version": __version__, "status": "running",
                                      "host": host, "profile": profile, "sides": []}
 
@@ -126,12 +129,27 @@ class SessionRecorder:
                 self.side(event.side).update(warmup_ms=event.ms, t_warm=round(event.t, 3))
             case RequestSent():
                 self.side(event.side)["status"] = "generating"
+                self._partial[event.side] = {"run": event.run, "t_sent": round(event.t, 3), "prompt": event.prompt_name,
+                                             "pieces": [], "t_ms": [], "ids": [], "counts": []}
+            case TokenReceived():
+                p = self._partial.get(event.side)
+                if p is not None and p["run"] == event.run:
+                    p["pieces"].append(event.text)
+                    p["t_ms"].append(round((event.t - p["t_sent"]) * 1000, 1))
+                    p["ids"].append(event.token_id if event.token_id is not None else -1)
+                    p["counts"].append(event.n)
             case MemorySampled():
                 self._memory(event)
             case LoopDetected():
                 self.side(event.side)["status"] = "looping"
             case RunFinished():
-                self.side(event.side)["runs"].append(_run_dict(event))
+                self._partial.pop(event.side, None)
+                runs = self.side(event.side)["runs"]
+                cut = self._cut.pop((event.side, event.run), None)
+                if cut is not None:  # finished after finalize_partial saved it cut short: the real one wins
+                    runs[cut] = _run_dict(event)
+                else:
+                    runs.append(_run_dict(event))
             case ErrorRaised():
                 target = self.side(event.side) if event.side is not None else d
                 target["error"] = event.message + (f" ({event.hint})" if event.hint else "")
@@ -146,10 +164,18 @@ class SessionRecorder:
             case SessionFinished():
                 d["status"] = event.status
                 d["duration_s"] = round(event.t, 2)
+                self._derive()
                 self.save()
                 return
         if self.clock() - self._last_save >= AUTOSAVE_S:
             self.save()
+
+    def _derive(self) -> None:
+        """Divergence between sides and paired verdicts: computed once, from the runs, when the session ends."""
+        from .summary import divergences, verdict_dicts
+
+        self.data["comparisons"] = divergences(self.data)
+        self.data["verdicts"] = verdict_dicts(self.data)
 
     def _memory(self, e: MemorySampled) -> None:
         s = self.side(e.side)
@@ -169,9 +195,13 @@ class SessionRecorder:
             s.setdefault("memory_mib", []).append(round(e.used_mib, 1))
 
     def finalize_partial(self, status: str = "aborted") -> None:
-        """Mark a record cut short (signal, crash of kvtui) and save it."""
+        """Mark a record cut short (signal, crash of kvtui) and save it; a run still streaming is kept, aborted."""
         if self.data.get("status") == "running":
             self.data["status"] = status
+            for i, p in self._partial.items():
+                self._cut[(i, p["run"])] = len(self.side(i)["runs"])
+                self.side(i)["runs"].append(_partial_run(p))
+            self._partial.clear()
             for s in self.data["sides"]:
                 if s.get("status") not in ("done", "aborted", "crashed", "error"):
                     s["status"] = "aborted"
@@ -181,7 +211,27 @@ class SessionRecorder:
         """Write the record atomically (no-op without a path)."""
         self._last_save = self.clock()
         if self.path is not None:
-            write_record(self.path, self.data)
+            write_record(self.path, self._with_partial())
+
+    def _with_partial(self) -> dict[str, Any]:
+        """The record as saved mid-run: runs still streaming are written as aborted, so a kill loses at most
+        the tokens since the last autosave."""
+        if not self._partial or self.data.get("status") != "running":
+            return self.data
+        data = dict(self.data)
+        data["sides"] = [dict(s) for s in self.data["sides"]]
+        for i, p in self._partial.items():
+            if i < len(data["sides"]):
+                data["sides"][i]["runs"] = [*data["sides"][i].get("runs", []), _partial_run(p)]
+        return data
+
+
+def _partial_run(p: dict[str, Any]) -> dict[str, Any]:
+    """A run cut short by kvtui's end: what had streamed, marked aborted."""
+    return {"run": p["run"], "stop": "aborted", "predicted_n": p["counts"][-1] if p["counts"] else 0,
+            "error": "cut short: kvtui ended before the run finished", "t_sent": p["t_sent"],
+            "prompt": p["prompt"] or None, "text": "".join(p["pieces"]), "pieces": list(p["pieces"]),
+            "t_ms": list(p["t_ms"]), "ids": list(p["ids"]), "counts": list(p["counts"])}
 
 
 def _run_dict(e: RunFinished) -> dict[str, Any]:
@@ -192,6 +242,12 @@ def _run_dict(e: RunFinished) -> dict[str, Any]:
         "t_sent": e.t_sent, "text": e.text, "pieces": list(e.pieces), "t_ms": list(e.t_ms), "ids": list(e.ids),
         "counts": list(e.counts),
     }
+    run.update(prompt=e.prompt or None, repeat=e.repeat, seed=e.seed)
+    if e.check is not None:
+        run["check"] = dict(e.check)
+    if e.top:
+        run["top_ids"] = [[i for i, _ in t] for t in e.top]
+        run["top_logprobs"] = [[round(lp, 4) for _, lp in t] for t in e.top]
     if e.loop is not None:
         run["loop"] = {"period": e.loop[0], "start": e.loop[1], "repeats": e.loop[2]}
     return run
@@ -234,6 +290,8 @@ def read_record(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RecordError(f"{p}: not a valid TOML record: {exc}", "the file is truncated or was edited badly") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise RecordError(f"{p}: not a valid TOML record: nested too deeply", "this is not a kvtui session record") from None
     schema = data.get("schema")
     if schema != SCHEMA:
         raise RecordError(f"{p}: schema {schema!r} is not {SCHEMA!r}",
@@ -248,7 +306,9 @@ def read_record(path: str | Path) -> dict[str, Any]:
 def default_record_path(profile_name: str, base: Path | None = None) -> Path:
     """``sessions/<profile>-<YYYYmmdd-HHMMSS>.toml`` under the current folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return (base or Path("sessions")) / f"{profile_name}-{stamp}.toml"
+    # the name comes from the profile: never a path of its own ("../x", "a/b", NUL)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in profile_name)[:80].lstrip(".") or "session"
+    return (base or Path("sessions")) / f"{safe}-{stamp}.toml"
 
 
 def profile_from_record(path: str | Path) -> tuple[Any, str | None]:

@@ -45,6 +45,7 @@ class SideState:
     run: int = 0
     tokens: int = 0
     pieces: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     reset_text: bool = False
     meter: RateMeter = field(default_factory=RateMeter)
@@ -127,13 +128,14 @@ class SessionState:
                 s._count(e.t, e.n)
                 s.tokens = e.n
                 s.pieces.append(e.text)
+                s.ids.append(e.token_id if e.token_id is not None else -1)
                 s.pending.append(e.text)
                 if s.ttft_ms is None and s.sent_t is not None:
                     s.ttft_ms = (e.t - s.sent_t) * 1000
                 s.meter.add(e.t, e.n)
             case RequestSent():
                 s.status, s.run, s.tokens, s.sent_t = "generating", e.run, 0, e.t
-                s.pieces, s.pending, s.reset_text = [], [], True
+                s.pieces, s.ids, s.pending, s.reset_text = [], [], [], True
                 s.meter, s.buckets, s.first_t, s.ttft_ms, s.loop, s.stop = RateMeter(), [], None, None, None, None
                 s.prompt_per_second = s.predicted_per_second = None
             case MemorySampled():
@@ -168,3 +170,18 @@ class SessionState:
             case SideFinished():
                 if not (e.status == "done" and s.loop is not None):
                     s.status = e.status
+
+    def divergence(self, i: int) -> tuple[str, int | None] | None:
+        """Side ``i`` against its reference (side 0; side 1 for side 0) in the same run: (name, first differing
+        piece or None while identical so far); None when there is nothing to compare yet."""
+        if len(self.sides) < 2 or i >= len(self.sides):
+            return None
+        ref = self.sides[1 if i == 0 else 0]
+        me = self.sides[i]
+        if ref.run != me.run or not ref.ids or not me.ids:
+            return None
+        n = min(len(ref.ids), len(me.ids))
+        for k in range(n):
+            if ref.ids[k] != me.ids[k]:
+                return ref.name, k
+        return ref.name, None

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .divergence import compare as compare_runs
 from .metrics import Spread, pct_change, spread
+from .stats import PairedVerdict, paired_pass, paired_speed
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,16 @@ class SideSummary:
     stops: tuple[str, ...]
     loops: int
     error: str | None
+    answers_right: int = 0
+    answers_checked: int = 0  # runs whose prompt has an expected answer
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.answers_right / self.answers_checked if self.answers_checked else None
+
+    @property
+    def loops_per_100(self) -> float | None:
+        return 100.0 * self.loops / self.runs if self.runs else None
 
 
 def summarize(record: dict[str, Any]) -> list[SideSummary]:
@@ -57,8 +69,10 @@ def summarize(record: dict[str, Any]) -> list[SideSummary]:
             mem_peak_mib=vram if vram is not None else s.get("rss_peak_mib"),
             mem_kind="VRAM" if vram is not None else "RAM",
             stops=tuple(r.get("stop", "?") for r in runs),
-            loops=sum(1 for r in runs if "loop" in r),
+            loops=sum(1 for r in runs if r.get("loop")),
             error=s.get("error"),
+            answers_right=sum(1 for r in runs if (r.get("check") or {}).get("answer_ok") is True),
+            answers_checked=sum(1 for r in runs if "answer_ok" in (r.get("check") or {})),
         ))
     return out
 
@@ -89,3 +103,64 @@ def comparison_line(base: SideSummary, other: SideSummary) -> str:
 def clean_finish(s: SideSummary) -> bool:
     """Every run ended on its own (end of text or the token limit), none looped or failed."""
     return bool(s.stops) and all(stop in ("eos", "length", "word") for stop in s.stops) and s.loops == 0
+
+
+def run_pairs(record: dict[str, Any], base: int, other: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Runs of two sides that share a prompt and a repeat (so the same seed), in order."""
+    sides = record.get("sides", [])
+    if max(base, other) >= len(sides):
+        return []
+    by_key = {(r.get("prompt", ""), r.get("repeat", 0)): r for r in sides[other].get("runs", [])}
+    return [(r, by_key[k]) for r in sides[base].get("runs", [])
+            if (k := (r.get("prompt", ""), r.get("repeat", 0))) in by_key]
+
+
+def _tops(run: dict[str, Any]) -> list[dict[int, float]] | None:
+    import math
+
+    ids, lps = run.get("top_ids"), run.get("top_logprobs")
+    if not ids or not lps:
+        return None
+    return [{i: math.exp(lp) for i, lp in zip(a, b, strict=False)} for a, b in zip(ids, lps, strict=False)]
+
+
+def divergences(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where each side's generation parts from the baseline's (side 0), per prompt and repeat."""
+    out = []
+    sides = record.get("sides", [])
+    for other in range(1, len(sides)):
+        for a, b in run_pairs(record, 0, other):
+            if not a.get("ids") or not b.get("ids"):
+                continue
+            d = compare_runs(a["ids"], b["ids"], _tops(a), _tops(b))
+            out.append({"base": sides[0]["name"], "other": sides[other]["name"], "prompt": a.get("prompt", ""),
+                        "repeat": a.get("repeat", 0), **d.to_dict()})
+    return out
+
+
+def verdicts(record: dict[str, Any]) -> list[tuple[str, str, PairedVerdict]]:
+    """Paired comparisons of each side against the baseline: tg, pp (sign test) and answers (McNemar)."""
+    out = []
+    sides = record.get("sides", [])
+    for other in range(1, len(sides)):
+        pairs = [(a, b) for a, b in run_pairs(record, 0, other) if a.get("stop") != "error" and b.get("stop") != "error"]
+        if not pairs:
+            continue
+        names = (sides[0]["name"], sides[other]["name"])
+        out.append((*names, paired_speed([a.get("predicted_per_second") for a, _ in pairs],
+                                         [b.get("predicted_per_second") for _, b in pairs], "tg")))
+        out.append((*names, paired_speed([a.get("prompt_per_second") for a, _ in pairs],
+                                         [b.get("prompt_per_second") for _, b in pairs], "pp")))
+        checked = [(a, b) for a, b in pairs if "answer_ok" in (a.get("check") or {})]
+        if checked:
+            out.append((*names, paired_pass([a["check"]["answer_ok"] for a, _ in checked],
+                                            [b["check"]["answer_ok"] for _, b in checked], "answers")))
+    return out
+
+
+def verdict_dicts(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """``verdicts`` as the record stores them."""
+    return [{"base": base, "other": other, "measure": v.measure, "pairs": v.pairs, "wins": v.wins, "losses": v.losses,
+             "p": round(v.p, 6), "median_change_pct": None if v.median_change_pct is None else round(v.median_change_pct, 2),
+             "significant": v.significant, "test": "sign test" if v.measure != "answers" else "McNemar exact"}
+            for base, other, v in verdicts(record)]

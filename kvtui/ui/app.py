@@ -8,6 +8,8 @@ at 4 Hz. So a fast stream costs the same frames as a slow one.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from typing import Any, Protocol
 
 from textual import work
@@ -19,7 +21,7 @@ from textual.widgets import Footer
 from ..core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
 from ..core.events import Event
 from ..core.state import SessionState
-from ..core.summary import summarize
+from ..core.summary import summarize, verdicts
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .screens.server_log import ServerLogScreen
@@ -87,6 +89,7 @@ class KvtuiApp(App[int]):
         self._runs_shown: tuple[int, ...] | None = None
         self._running = False
         self._quitting = False
+        self._interrupted = False  # quit by a signal (SIGTERM, SIGHUP, SIGINT): exit code 1
         session.sinks.append(self._on_event)
 
     # -- layout ---------------------------------------------------------------------------------
@@ -109,6 +112,10 @@ class KvtuiApp(App[int]):
             panes[0].focus()
         self.set_interval(1 / TEXT_HZ, self._flush_text)
         self.set_interval(1 / FIGURES_HZ, self._refresh_figures)
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal)
         if self.autostart:
             self._start_or_confirm()
 
@@ -154,9 +161,12 @@ class KvtuiApp(App[int]):
             contended = self.state.started is not None and self.state.started.schedule == "simultaneous"
             record = getattr(getattr(self.session, "recorder", None), "data", None)
             runs = tuple(len(s.get("runs", [])) for s in record.get("sides", [])) if record else ()
+            runs += (self.state.finished is not None,)
             if runs != self._runs_shown:  # the strip changes only when a run ends
                 self._runs_shown = runs
-                self.query_one(ComparisonStrip).show(summarize(record) if record else [], contended)
+                final = record is not None and self.state.finished is not None
+                self.query_one(ComparisonStrip).show(summarize(record) if record else [], contended,
+                                                     verdicts(record) if final else [])
 
     # -- running --------------------------------------------------------------------------------
 
@@ -256,6 +266,23 @@ class KvtuiApp(App[int]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
+    handle_signals = False  # run_app sets it: SIGTERM, SIGHUP (terminal closed) and SIGINT quit like `q`
+
+    def _on_signal(self) -> None:
+        """A signal quits like `q` (servers stopped, record saved); a second one does not wait for that."""
+        if self._interrupted:
+            getattr(self.session, "kill_now", lambda: None)()
+            self._finalize()
+            self.exit(EXIT_RUN_FAILED)
+            return
+        self._interrupted = True
+        self.call_later(self.action_quit)
+
+    def _finalize(self) -> None:
+        finalize = getattr(getattr(self.session, "recorder", None), "finalize_partial", None)
+        if finalize is not None:
+            finalize("aborted")
+
     async def action_quit(self) -> None:
         """Stop the servers, save the record, leave."""
         if self._quitting:
@@ -264,10 +291,9 @@ class KvtuiApp(App[int]):
         self.session.abort(None)
         self.workers.cancel_group(self, "session")
         await self.session.aclose()
-        finalize = getattr(getattr(self.session, "recorder", None), "finalize_partial", None)
-        if finalize is not None:
-            finalize("aborted")
-        self.exit(EXIT_OK if self.state.finished in ("done", None) and not self._failed() else EXIT_RUN_FAILED)
+        self._finalize()
+        ok = self.state.finished in ("done", None) and not self._failed() and not self._interrupted
+        self.exit(EXIT_OK if ok else EXIT_RUN_FAILED)
 
     def _failed(self) -> bool:
         return any(s.status in ("crashed", "error") for s in self.state.sides)
@@ -282,8 +308,10 @@ def run_app(prepared: Any, force: bool = False) -> int:
 
     session = LiveSession(prepared)
     app = KvtuiApp(session, force=force)
+    app.handle_signals = True
     try:
         code = app.run()
-    finally:
+    finally:  # however the app ended (an exception too): no server left, the record finalized
         session.kill_now()
+        session.recorder.finalize_partial("aborted")
     return code if isinstance(code, int) else EXIT_OK

@@ -11,8 +11,9 @@ from ...core.summary import SideSummary, clean_finish, compare
 class ComparisonStrip(Static):
     """E.g. ``q4_0 vs q8_0: tg +6%  pp +9%  KV -47%  ·  clean finish: q4_0``."""
 
-    def show(self, summaries: list[SideSummary], contended: bool) -> None:
+    def show(self, summaries: list[SideSummary], contended: bool, verdicts: list | None = None) -> None:
         """Redraw from per-side summaries (sides without runs are left out)."""
+        verdicts = verdicts or []
         done = [s for s in summaries if s.runs]
         if len(done) < 2:
             self.update(Text("comparison appears when two sides have finished a run", style="dim"))
@@ -32,9 +33,17 @@ class ComparisonStrip(Static):
                 t.append(f"{v:+.0f}%", style="green" if good else "red" if abs(v) >= 1 else "")
                 t.append("  ")
             t.append(" ")
+        if any(s.answers_checked for s in done):
+            t.append("· answers ", style="dim")
+            t.append("  ".join(f"{s.name} {s.answers_right}/{s.answers_checked}" for s in done), style="bold")
+            t.append("  ")
         clean = [s.name for s in done if clean_finish(s)]
         t.append("· clean finish: ", style="dim")
         t.append(", ".join(clean) if clean else "none", style="bold")
         if contended:
             t.append("  · simultaneous: the servers shared the hardware", style="yellow")
+        for base, other, v in verdicts:
+            if v.pairs > 1:
+                t.append(f"\n{other} vs {base}: ", style="bold")
+                t.append(str(v), style="green" if v.significant else "dim")
         self.update(t)

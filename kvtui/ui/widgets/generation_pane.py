@@ -155,6 +155,13 @@ class GenerationPane(Vertical):
             t.append(s.stop, style="bold red" if s.stop in ("loop", "error") else "bold")
         if s.run:
             t.append(f"   run {s.run + 1}", style="dim")
+        div = getattr(self.app, "state").divergence(self.index)
+        if div is not None:
+            ref, first = div
+            if first is None:
+                t.append(f"\nsame tokens as {ref} so far", style="dim")
+            else:
+                t.append(f"\ndiffers from {ref} at token {first}", style="bold yellow")
         return t
 
     def _alert(self) -> Text:

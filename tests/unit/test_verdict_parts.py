@@ -1,0 +1,111 @@
+"""Task checks, divergence and paired statistics (the parts of the verdict)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kvtui.core.checks import check_text
+from kvtui.core.divergence import alignment, compare, first_divergence, kl
+from kvtui.core.stats import paired_pass, paired_speed, sign_test_p
+
+ANSWER = '''Here is the client.
+
+**rate_limiter.py**
+```python
+import asyncio
+
+class TokenBucket:
+    def __init__(self, rate):
+        self.rate = rate
+```
+
+```python
+# test_rate_limiter.py
+from rate_limiter import TokenBucket
+
+def test_rate():
+    assert TokenBucket(3).rate == 3
+
+def test_other():
+    assert True
+```
+
+```python
+def broken(:
+```
+
+```bash
+pytest -q
+```
+'''
+
+
+def test_code_blocks_files_tests_and_parse() -> None:
+    c = check_text(ANSWER)
+    assert [b.language for b in c.blocks] == ["python", "python", "python", "bash"]
+    assert c.files == ("rate_limiter.py", "test_rate_limiter.py")
+    assert c.python_blocks == 3 and c.python_parse_ok == 2
+    assert c.tests == 2 and c.to_dict()["asserts"] == 2
+    assert c.answer_ok is None and "answer_ok" not in c.to_dict()
+
+
+def test_unclosed_block_counts() -> None:
+    c = check_text("```python\ndef f():\n    return 1\n")
+    assert len(c.blocks) == 1 and c.blocks[0].parses is True
+
+
+def test_unfenced_python_from_a_base_model() -> None:
+    c = check_text("    return s == s[::-1]\n\n\ndef test_x():\n    assert is_p('aa')\n")
+    assert len(c.blocks) == 1 and c.tests == 1
+
+
+def test_expected_answers() -> None:
+    assert check_text("It is 19,121 days.", regex=r"\b19,?121\b").answer_ok is True
+    assert check_text("It is 19120 days.", regex=r"\b19,?121\b").answer_ok is False
+    assert check_text("Paris", expected="Paris").answer_ok is True
+    assert check_text("paris", expected="Paris").answer_ok is False
+
+
+def test_first_divergence_and_alignment() -> None:
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 9, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+    assert alignment([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert alignment([1, 2, 3, 4], [1, 2, 9, 3, 4]) == pytest.approx(4 / 5)
+
+
+def test_kl_and_top1_on_the_common_prefix() -> None:
+    p = {1: 0.7, 2: 0.2, 3: 0.1}
+    assert kl(p, p) == pytest.approx(0.0, abs=1e-12)
+    q = {1: 0.6, 2: 0.3, 4: 0.1}
+    assert kl(p, q) > 0
+    d = compare([1, 1, 5], [1, 1, 6], [p, p, {5: 0.6, 6: 0.4}], [p, q, {6: 0.55, 5: 0.45}])
+    assert d.first == 2 and d.prefix_agreement == pytest.approx(2 / 3)
+    assert d.top1_agreement == pytest.approx(2 / 3)  # the divergence point's argmax differs
+    assert d.kl_mean > 0 and math.isfinite(d.kl_mean)
+    same = compare([1, 2], [1, 2])
+    assert same.first is None and same.to_dict()["identical"] is True and same.top1_agreement is None
+
+
+def test_sign_test_exact_values() -> None:
+    assert sign_test_p(5, 0) == pytest.approx(0.0625)
+    assert sign_test_p(6, 0) == pytest.approx(0.03125)
+    assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(8, 2) == pytest.approx(2 * sum(math.comb(10, i) for i in range(3)) / 2**10)
+
+
+def test_paired_speed_verdict() -> None:
+    v = paired_speed([10, 10, 10, 10, 10, 10], [11, 12, 11, 10.5, 11, 13])
+    assert v.wins == 6 and v.significant and v.median_change_pct == pytest.approx(10.0)
+    assert "beyond noise" in str(v)
+    v = paired_speed([10, 10, 10], [11, 9, 10.2])
+    assert not v.significant and "within noise" in str(v)
+    assert paired_speed([None, 10], [5, None]).pairs == 0
+
+
+def test_paired_pass_is_mcnemar_on_discordant_pairs() -> None:
+    v = paired_pass([True] * 3 + [False] * 7, [True] * 3 + [True] * 7, "answers")
+    assert (v.wins, v.losses, v.pairs) == (7, 0, 10) and v.significant
+    assert v.rates == (0.3, 1.0) and "McNemar" in str(v)
