@@ -33,10 +33,10 @@ def model_path() -> Path:
     return bundled_model()
 
 
-def llama_servers_of(pid: int) -> list[psutil.Process]:
-    """llama-server processes that are children of ``pid`` (or re-parented ones we started)."""
+def llama_servers() -> list[psutil.Process]:
+    """Every llama-server process on this machine."""
     found = []
-    for p in psutil.process_iter(["name", "cmdline", "ppid"]):
+    for p in psutil.process_iter(["name", "cmdline"]):
         try:
             if "llama-server" in (p.info["name"] or "") or any("llama-server" in c for c in (p.info["cmdline"] or [])[:1]):
                 found.append(p)
@@ -45,17 +45,29 @@ def llama_servers_of(pid: int) -> list[psutil.Process]:
     return found
 
 
+def _ours(p: psutil.Process, since: float) -> bool:
+    """Started by this test: a descendant of this process, or an orphan (re-parented to init) born since."""
+    me = os.getpid()
+    try:
+        if any(a.pid == me for a in p.parents()):
+            return True
+        return p.ppid() == 1 and p.create_time() >= since - 1
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture
 def no_leftover_servers():
-    """Asserts that a test leaves no llama-server running that was not there before."""
-    before = {p.pid for p in llama_servers_of(os.getpid())}
-    yield
+    """Asserts that a test leaves no llama-server of its own running (other programs' servers are ignored)."""
     import time
 
+    since = time.time()
+    before = {p.pid for p in llama_servers()}
+    yield
     deadline = time.monotonic() + 5
     while True:
-        left = [p for p in llama_servers_of(os.getpid()) if p.pid not in before and p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
+        left = [p for p in llama_servers() if p.pid not in before and _ours(p, since)
+                and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
