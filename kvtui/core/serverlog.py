@@ -83,6 +83,8 @@ _FAILURES: tuple[tuple[str, str, str], ...] = (
     (r"insufficient memory|failed to allocate|out of memory|cudaMalloc failed|ErrorOutOfDeviceMemory",
      "not enough memory to load the model with this context",
      "lower server.ctx_size or n_gpu_layers, or run sequentially (--mode sequential)"),
+    (r"not within the file bounds|model is corrupted or incomplete", "the model file is truncated or corrupted",
+     "re-download or re-convert the .gguf file (its size should match the source)"),
     (r"failed to load model|error loading model", "llama-server could not load the model",
      "check that the .gguf file is complete and that this llama-server build supports its architecture"),
 )

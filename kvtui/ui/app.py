@@ -9,7 +9,11 @@ at 4 Hz. So a fast stream costs the same frames as a slow one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import threading
+import time
 from typing import Any, Protocol
 
 from textual import work
@@ -87,7 +91,7 @@ class KvtuiApp(App[int]):
         self.autostart = autostart
         self._header_shown: tuple[object, object] = (None, None)
         self._runs_shown: tuple[int, ...] | None = None
-        self._running = False
+        self._session_running = False
         self._quitting = False
         self._interrupted = False  # quit by a signal (SIGTERM, SIGHUP, SIGINT): exit code 1
         session.sinks.append(self._on_event)
@@ -113,9 +117,7 @@ class KvtuiApp(App[int]):
         self.set_interval(1 / TEXT_HZ, self._flush_text)
         self.set_interval(1 / FIGURES_HZ, self._refresh_figures)
         if self.handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal)
+            self._install_signal_handlers()
         if self.autostart:
             self._start_or_confirm()
 
@@ -173,13 +175,13 @@ class KvtuiApp(App[int]):
     @work(exclusive=True, group="session", exit_on_error=False)
     async def start_session(self, side: int | None = None, rerun: bool = False) -> str:
         """Run (or rerun) the session in the app's event loop."""
-        self._running = True
+        self._session_running = True
         try:
             if rerun:
                 return await self.session.rerun(side)
             return await self.session.run()
         finally:
-            self._running = False
+            self._session_running = False
 
     def focused_side(self) -> int:
         node = self.focused
@@ -206,7 +208,7 @@ class KvtuiApp(App[int]):
         self._rerun(None)
 
     def _rerun(self, side: int | None) -> None:
-        if self._running:
+        if self._session_running:
             self.notify("a run is still going: abort it first (x or X)", severity="warning")
             return
         if side is not None and side >= len(self.state.sides):
@@ -255,7 +257,7 @@ class KvtuiApp(App[int]):
         self.notify(f"speed x{self.session.speed:g}")  # type: ignore[attr-defined]
 
     def action_restart(self) -> None:
-        if not self._running:
+        if not self._session_running:
             self.start_session()
         else:
             self.session.restart()  # type: ignore[attr-defined]
@@ -266,7 +268,43 @@ class KvtuiApp(App[int]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    handle_signals = False  # run_app sets it: SIGTERM, SIGHUP (terminal closed) and SIGINT quit like `q`
+    handle_signals = False  # run_app sets it: SIGTERM and SIGINT quit like `q`; SIGHUP (terminal closed) at once
+    LAST_RESORT_S = 10.0  # after a signal, the longest the app may take to close before kvtui ends anyway
+
+    def _install_signal_handlers(self) -> None:
+        """Plain signal handlers, not the event loop's: they run even when the loop is stuck.
+
+        SIGTERM and SIGINT ask the loop to quit like `q` (runs end as aborted, servers stopped, record
+        saved, exit code 1) and start a last-resort timer. SIGHUP means the terminal is gone, and then
+        Textual's output blocks the loop (its writer thread dies on EIO and its queue fills up), so the
+        handler ends kvtui itself, in the main thread: servers killed, record finalized, exit code 1.
+        """
+        loop = asyncio.get_running_loop()
+        started: list[int] = []
+
+        def handler(signum: int, frame: object) -> None:
+            if signum == signal.SIGHUP:
+                self._end_now()
+            if not started:
+                started.append(signum)
+                threading.Thread(target=self._last_resort, name="kvtui-last-resort", daemon=True).start()
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self._on_signal)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, handler)
+
+    def _last_resort(self) -> None:
+        time.sleep(self.LAST_RESORT_S)
+        self._end_now()
+
+    def _end_now(self) -> None:
+        """Kill the servers, finalize the record, exit 1: when the app cannot close by itself."""
+        with contextlib.suppress(Exception):
+            getattr(self.session, "kill_now", lambda: None)()
+        with contextlib.suppress(Exception):
+            self._finalize()
+        os._exit(EXIT_RUN_FAILED)
 
     def _on_signal(self) -> None:
         """A signal quits like `q` (servers stopped, record saved); a second one does not wait for that."""

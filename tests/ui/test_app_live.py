@@ -46,7 +46,7 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
         await wait_for(pilot, lambda: state.sides[0].status == "aborted")
         assert state.sides[1].status in ("generating", "looping", "done")
         await wait_for(pilot, lambda: state.sides[1].stop is not None, timeout=120)
-        await wait_for(pilot, lambda: not app._running)
+        await wait_for(pilot, lambda: not app._session_running)
         assert state.sides[1].stop in ("length", "eos")
         # rerun the focused (left) side
         assert app.focused_side() == 0
@@ -55,7 +55,7 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
         await pilot.press("x")
         await wait_for(pilot, lambda: state.sides[0].stop == "aborted")
         await pilot.press("q")
-    assert app.return_code == 0
+    assert app.return_value == 0
     data = read_record(record)
     left, right = data["sides"]
     assert [r["stop"] for r in left["runs"]] == ["aborted", "aborted"]

@@ -1,0 +1,141 @@
+"""Measurement fidelity: does kvtui measure what the server measures, and what does kvtui itself cost?
+
+1. Rate fidelity: kvtui's client-side tokens/s against the server's own
+   ``predicted_per_second`` over many runs (target: median ratio within 2% of 1.0).
+2. Start-up overhead: kvtui (interpreter + imports + plan + two servers + first token)
+   against a bare start of the same two llama-servers and a request each, timed to the
+   first token (target: <= 0.5 s).
+
+Usage: python benchmarks/fidelity.py [--runs 8] [--starts 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kvtui.core.events import TokenReceived  # noqa: E402
+from kvtui.core.launch import prepare  # noqa: E402
+from kvtui.core.live import LiveSession  # noqa: E402
+from kvtui.core.locate import find_server  # noqa: E402
+from kvtui.core.profiles import load_profile  # noqa: E402
+from kvtui.core.server import free_port  # noqa: E402
+
+
+def demo_profile(**run_changes):
+    p = load_profile(REPO / "profiles" / "demo.toml")
+    return replace(p, run=replace(p.run, **run_changes), sampling=replace(p.sampling, n_predict=96))
+
+
+def rate_fidelity(runs: int) -> list[float]:
+    prof = demo_profile(repeats=runs, schedule="alternate")
+    prepared = prepare(prof, no_record=True)
+    asyncio.run(LiveSession(prepared).run())
+    ratios = []
+    for side in prepared.recorder.data["sides"]:
+        for r in side["runs"]:
+            if r.get("predicted_per_second") and r.get("client_tokens_per_second"):
+                ratios.append(r["client_tokens_per_second"] / r["predicted_per_second"])
+    return ratios
+
+
+async def bare_start() -> float:
+    """Two llama-servers started by hand with exactly kvtui's arguments; seconds to the first token of the first."""
+    plan = prepare(demo_profile(warmup=False), no_record=True).plan
+    binary = find_server()
+    t0 = time.monotonic()
+    procs, ports = [], []
+    for side in plan.sides:
+        port = free_port()
+        ports.append(port)
+        procs.append(subprocess.Popen(
+            [str(binary.path), *side.args, "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=binary.launch_env()))
+    try:
+        async with httpx.AsyncClient() as http:
+            async def first_token(port: int) -> float:
+                while True:
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.05)
+                body = {"prompt": demo_profile().prompt.text, "n_predict": 8, "stream": True, "cache_prompt": False}
+                async with http.stream("POST", f"http://127.0.0.1:{port}/completion", json=body) as resp:
+                    async for line in resp.aiter_lines():
+                        if line.startswith("data: ") and json.loads(line[6:]).get("content"):
+                            return time.monotonic() - t0
+                return time.monotonic() - t0
+
+            times = await asyncio.gather(*(first_token(p) for p in ports))
+            return min(times)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(5)
+
+
+def kvtui_start() -> float:
+    """kvtui in-process from prepare() to its first token (no warm-up, as the bare start has none)."""
+    t0 = time.monotonic()
+    prepared = prepare(demo_profile(warmup=False), no_record=True)
+    session = LiveSession(prepared)
+    first: list[float] = []
+
+    def sink(e: object) -> None:
+        if isinstance(e, TokenReceived) and not first:
+            first.append(time.monotonic() - t0)
+            session.abort(None)
+
+    session.sinks.append(sink)
+    asyncio.run(session.run())
+    return first[0]
+
+
+def import_cost() -> float:
+    """A fresh interpreter importing what `kvtui run --headless` imports."""
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import kvtui.cli, kvtui.core.launch, kvtui.core.live, kvtui.headless"],
+                   check=True, cwd=REPO)
+    t1 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return (t1 - t0) - (time.monotonic() - t1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=8, help="measured runs per side for rate fidelity")
+    ap.add_argument("--starts", type=int, default=3, help="cold starts of each kind")
+    args = ap.parse_args()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    print(f"kvtui measurement fidelity, {date.today()}, {cpu}, llama-server {find_server().path}")
+    ratios = rate_fidelity(args.runs)
+    med = statistics.median(ratios)
+    print(f"client tok/s / server predicted_per_second over {len(ratios)} runs: median {med:.4f} "
+          f"(min {min(ratios):.4f}, max {max(ratios):.4f}); |median - 1| = {abs(med - 1) * 100:.2f}% (target <= 2%)")
+    bare = [asyncio.run(bare_start()) for _ in range(args.starts)]
+    ours = [kvtui_start() for _ in range(args.starts)]
+    imports = statistics.median(import_cost() for _ in range(3))
+    overhead = statistics.median(ours) - statistics.median(bare) + imports
+    print(f"first token: bare llama-server x2 {statistics.median(bare):.3f} s, kvtui {statistics.median(ours):.3f} s "
+          f"(median of {args.starts}); imports {imports:.3f} s; kvtui overhead {overhead:.3f} s (target <= 0.5 s)")
+
+
+if __name__ == "__main__":
+    main()
