@@ -330,8 +330,8 @@ class KvtuiApp(App[int]):
         self.workers.cancel_group(self, "session")
         await self.session.aclose()
         self._finalize()
-        ok = self.state.finished in ("done", None) and not self._failed() and not self._interrupted
-        self.exit(EXIT_OK if ok else EXIT_RUN_FAILED)
+        # sides you aborted yourself are not failures; a crashed or erroring side, or a signal, is
+        self.exit(EXIT_RUN_FAILED if self._failed() or self._interrupted else EXIT_OK)
 
     def _failed(self) -> bool:
         return any(s.status in ("crashed", "error") for s in self.state.sides)

@@ -19,11 +19,12 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server
 
 
-async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
+async def wait_for(pilot, condition, timeout: float = 90.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
-        assert loop.time() < deadline, "timed out waiting for the app"
+        sides = [(s.name, s.status, s.tokens, s.stop) for s in pilot.app.state.sides]
+        assert loop.time() < deadline, f"timed out waiting for the app; sides: {sides}"
         await pilot.pause(0.1)
 
 
