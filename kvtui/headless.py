@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -62,8 +63,8 @@ class HeadlessConsole:
         self.handle(event)
 
     def say(self, side: int | None, text: str, style: str = "") -> None:
-        who = f"[bold]{self.sides[side].name}[/]: " if side is not None and side < len(self.sides) else ""
-        self.console.print(f"{who}{text}", style=style)
+        who = f"[bold]{escape(self.sides[side].name)}[/]: " if side is not None and side < len(self.sides) else ""
+        self.console.print(f"{who}{text}", style=style, soft_wrap=True)  # one line each, even in a log file
 
     def handle(self, e: Event) -> None:
         """Print what the event means for a person watching."""
@@ -116,9 +117,9 @@ class HeadlessConsole:
                 self.say(e.side, f"run {e.run + 1}: {e.predicted_n} tokens, tg {tps} t/s, pp {pps} t/s, "
                                  f"stop: {e.stop}")
             case ErrorRaised():
-                self.say(e.side, f"error: {e.message}", "bold red")
+                self.say(e.side, f"error: {escape(e.message)}", "bold red")
                 if e.hint:
-                    self.say(e.side, f"  fix: {e.hint}", "red")
+                    self.say(e.side, f"  fix: {escape(e.hint)}", "red")
             case ServerExited():
                 if not e.expected:
                     self.say(e.side, f"llama-server exited with code {e.returncode}; log tail:", "red")

@@ -57,7 +57,8 @@ def show(paths: list[str], fmt: str = "table", console: Console | None = None) -
         console = wide_console()
     out = console
     if fmt == "json":
-        out.print_json(json.dumps(all_rows)) if out.is_terminal else print(json.dumps(all_rows, indent=2))
+        text = json.dumps(all_rows, indent=2, default=str)  # default: a hand-edited record may hold TOML dates
+        out.print_json(text) if out.is_terminal else print(text)
         return 0
     if fmt == "csv":
         buf = io.StringIO()

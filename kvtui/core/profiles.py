@@ -167,7 +167,7 @@ class _Checker:
         self.source = source
 
     def fail(self, key: str, message: str, hint: str = "") -> ProfileError:
-        return ProfileError(f"{self.source}: {key}: {message}", hint)
+        return ProfileError(_one_line(f"{self.source}: {key}: {message}"), _one_line(hint))
 
     def table(self, data: Any, schema: dict[str, tuple[Any, Any]], where: str) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -204,6 +204,11 @@ def _is(value: Any, kind: Any) -> bool:
     if isinstance(value, bool):  # bool is an int in Python; TOML keeps them apart
         return kind is bool
     return isinstance(value, kind)
+
+
+def _one_line(text: str) -> str:
+    """Keys and values from the file may hold newlines or other control characters: show them escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _show(value: Any) -> str:
@@ -403,8 +408,8 @@ def check_remote(profile: Profile, allow_remote: bool = False) -> None:
     bad = remote_hosts(profile)
     if bad and not allow_remote:
         where, host = bad[0]
-        raise ProfileError(f"{profile.source or '<profile>'}: {where}: --host {host or '(empty)'} would let other "
-                           "machines reach llama-server",
+        raise ProfileError(_one_line(f"{profile.source or '<profile>'}: {where}: --host {host or '(empty)'} would let "
+                                     "other machines reach llama-server"),
                            "remove it (kvtui keeps its servers on 127.0.0.1), or pass --allow-remote to accept that")
 
 

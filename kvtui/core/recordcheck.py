@@ -56,7 +56,13 @@ def check_record(data: dict[str, Any], source: str) -> None:
                 raise RecordError(f"{source}: {where[:-1]} is not a table", "the record is damaged")
             _check(run, _RUN, where, source)
             if run.get("stop", "eos") not in _STOPS:
-                raise RecordError(f"{source}: {where}stop = {run['stop']!r} is not one of {', '.join(_STOPS)}")
+                raise RecordError(f"{source}: {where}stop = {run['stop']!r} is not one of {', '.join(_STOPS)}",
+                                  "the record was edited by hand or is damaged")
+            loop = run.get("loop")
+            if loop is not None and not all(isinstance(loop.get(k), int) and not isinstance(loop.get(k), bool)
+                                            for k in ("period", "start", "repeats")):
+                raise RecordError(f"{source}: {where}loop needs integer period, start and repeats",
+                                  "the record is damaged")
             pieces, t_ms = run.get("pieces", []), run.get("t_ms", [])
             if len(pieces) != len(t_ms) or any(len(run.get(k, pieces)) != len(pieces) for k in ("ids", "counts")):
                 raise RecordError(f"{source}: {where}pieces and t_ms differ in length", "the record is damaged")
