@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from .core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED, KvtuiError

@@ -9,7 +9,7 @@ from rich.console import Console
 from .core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
 from .core.locate import bundled_wheel_runs_here, cpu_flags, find_model, find_server, server_version
 from .core.modelinfo import read_model_info
-from .core.profiles import load_profile, default_profile_path
+from .core.profiles import default_profile_path, load_profile
 
 
 def doctor(model: str | None = None, server_bin: str | None = None, console: Console | None = None) -> int:
@@ -48,7 +48,8 @@ def doctor(model: str | None = None, server_bin: str | None = None, console: Con
         layers = info.layers if info.layers is not None else "?"
         ctx = f"{info.ctx_train:,}" if info.ctx_train else "?"
         out.print(f"[green]✓[/] model: {path}")
-        out.print(f"    {info.name}: arch {info.arch}, {layers} layers, trained context {ctx}, {info.size_mib:,.0f} MiB")
+        out.print(f"    {info.name}: arch {info.arch}, {layers} layers, trained context {ctx}, "
+                  f"{info.size_mib:,.0f} MiB")
         if info.arch == "unknown":
             bad("model", KvtuiError(f"{path} has no readable GGUF header", "re-download or re-convert it"))
     except KvtuiError as exc:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$", re.M)
-_FILE_HINT = re.compile(r"(?:^|[\s`*#:(])(?P<name>[\w./-]+\.(?:py|js|ts|go|rs|java|c|cc|cpp|h|hpp|rb|sh|toml|ya?ml|json|md|txt|cfg|ini))\b")
+_EXTENSIONS = "py|js|ts|go|rs|java|c|cc|cpp|h|hpp|rb|sh|toml|ya?ml|json|md|txt|cfg|ini"
+_FILE_HINT = re.compile(rf"(?:^|[\s`*#:(])(?P<name>[\w./-]+\.(?:{_EXTENSIONS}))\b")
 _PY_LANGS = {"python", "py", "python3", "pytest"}
 
 

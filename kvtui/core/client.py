@@ -164,7 +164,8 @@ class StreamParser:
         self.n = n if isinstance(n, int) else self.n + 1
         logprobs = choice.get("logprobs")
         content = logprobs.get("content") if isinstance(logprobs, dict) else None
-        token_id = content[-1].get("id") if isinstance(content, list) and content and isinstance(content[-1], dict) else None
+        last = content[-1] if isinstance(content, list) and content and isinstance(content[-1], dict) else {}
+        token_id = last.get("id")
         return Piece(t, self.n, text, token_id if isinstance(token_id, int) else None, _top(content))
 
 

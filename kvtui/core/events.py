@@ -9,7 +9,7 @@ Events are frozen dataclasses; ``t`` is seconds since the session started
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 StopReason = Literal["eos", "length", "word", "loop", "aborted", "error"]
 SideStatus = Literal[
@@ -195,19 +195,19 @@ class SessionFinished:
     status: Literal["done", "failed", "aborted"]
 
 
-Event = Union[
-    SessionStarted,
-    SideWaiting,
-    ServerStarting,
-    ServerReady,
-    ServerExited,
-    WarmupDone,
-    RequestSent,
-    TokenReceived,
-    MemorySampled,
-    LoopDetected,
-    RunFinished,
-    SideFinished,
-    ErrorRaised,
-    SessionFinished,
-]
+Event = (
+    SessionStarted
+    | SideWaiting
+    | ServerStarting
+    | ServerReady
+    | ServerExited
+    | WarmupDone
+    | RequestSent
+    | TokenReceived
+    | MemorySampled
+    | LoopDetected
+    | RunFinished
+    | SideFinished
+    | ErrorRaised
+    | SessionFinished
+)

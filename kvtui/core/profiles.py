@@ -143,7 +143,8 @@ def _prompt_dict(p: Prompt) -> dict[str, Any]:
 
 # key -> (expected python type(s), allowed values or None)
 _TOP = {"name": (str, None), "description": (str, None), "model": (dict, None), "server": (dict, None),
-        "sides": (list, None), "prompt": (dict, None), "prompts": (list, None), "sampling": (dict, None), "run": (dict, None)}
+        "sides": (list, None), "prompt": (dict, None), "prompts": (list, None), "sampling": (dict, None),
+        "run": (dict, None)}
 _MODEL = {"path": (str, None)}
 _SERVER = {"bin": (str, None), "ctx_size": (int, None), "n_gpu_layers": (int, None),
            "flash_attn": (str, FLASH_ATTN), "threads": (int, None), "extra_args": (list, None)}
@@ -364,7 +365,8 @@ def load_profile(path: str | Path) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{p}: not valid TOML: {exc}", "fix the syntax at that line") from None
     except RecursionError:  # tomllib recurses into nested arrays and tables
-        raise ProfileError(f"{p}: not valid TOML: nested too deeply", "a profile nests tables two levels at most") from None
+        raise ProfileError(f"{p}: not valid TOML: nested too deeply",
+                           "a profile nests tables two levels at most") from None
     return parse_profile(data, source=str(p), base_dir=p.parent)
 
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .session import SessionRecorder
 from .events import (
     ErrorRaised,
     Event,
@@ -31,6 +30,7 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
+from .session import SessionRecorder
 
 _ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, RequestSent: 4, MemorySampled: 5,
           TokenReceived: 6, LoopDetected: 7, RunFinished: 8, ErrorRaised: 9, ServerExited: 10, SideFinished: 11,

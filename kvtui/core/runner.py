@@ -13,12 +13,13 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from . import client
+from .checks import check_text
 from .errors import KvtuiError, ServerError
 from .events import (
     ErrorRaised,
@@ -38,7 +39,6 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
-from .checks import check_text
 from .plan import Plan
 from .profiles import Prompt
 from .server import LlamaServer
@@ -124,7 +124,7 @@ class Runner:
                 schedule=p.schedule, model_path=p.model.path, model_name=p.model.name,
                 model_size_mib=round(p.model.size_mib, 1), model_arch=p.model.arch,
                 server_bin=str(p.binary.path), server_version=p.server_version,
-                created=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+                created=datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
                 sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib)
                             for s in p.sides),
             ))

@@ -291,11 +291,13 @@ def read_record(path: str | Path) -> dict[str, Any]:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RecordError(f"{p}: not a valid TOML record: {exc}", "the file is truncated or was edited badly") from None
     except RecursionError:  # tomllib recurses into nested arrays and tables
-        raise RecordError(f"{p}: not a valid TOML record: nested too deeply", "this is not a kvtui session record") from None
+        raise RecordError(f"{p}: not a valid TOML record: nested too deeply",
+                          "this is not a kvtui session record") from None
     schema = data.get("schema")
     if schema != SCHEMA:
         raise RecordError(f"{p}: schema {schema!r} is not {SCHEMA!r}",
-                          "a newer kvtui wrote it: upgrade kvtui" if isinstance(schema, str) and schema.startswith("kvtui.session/")
+                          "a newer kvtui wrote it: upgrade kvtui"
+                          if isinstance(schema, str) and schema.startswith("kvtui.session/")
                           else "this is not a kvtui session record")
     from .recordcheck import check_record
 
@@ -323,7 +325,8 @@ def profile_from_record(path: str | Path) -> tuple[Any, str | None]:
     data = read_record(path)
     raw = data.get("profile")
     if not isinstance(raw, dict) or not raw:
-        raise RecordError(f"{path}: the record holds no profile", "it was written by an older kvtui; run the profile itself")
+        raise RecordError(f"{path}: the record holds no profile",
+                          "it was written by an older kvtui; run the profile itself")
     raw = {k: v for k, v in raw.items() if k != "description" or isinstance(v, str)}
     try:
         profile = parse_profile(raw, source=f"{path} [profile]")

@@ -142,7 +142,8 @@ class SessionState:
                 s.mem_source, s.mem_mib = e.source, e.used_mib
                 if e.used_mib is not None:
                     s.mem_peak_mib = max(s.mem_peak_mib or 0.0, e.used_mib)
-                s.device_total_mib, s.device_used_mib, s.device_name = e.device_total_mib, e.device_used_mib, e.device_name
+                s.device_total_mib, s.device_used_mib = e.device_total_mib, e.device_used_mib
+                s.device_name = e.device_name
             case LoopDetected():
                 s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, "looping"
             case RunFinished():

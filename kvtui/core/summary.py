@@ -143,7 +143,8 @@ def verdicts(record: dict[str, Any]) -> list[tuple[str, str, PairedVerdict]]:
     out = []
     sides = record.get("sides", [])
     for other in range(1, len(sides)):
-        pairs = [(a, b) for a, b in run_pairs(record, 0, other) if a.get("stop") != "error" and b.get("stop") != "error"]
+        pairs = [(a, b) for a, b in run_pairs(record, 0, other)
+                 if a.get("stop") != "error" and b.get("stop") != "error"]
         if not pairs:
             continue
         names = (sides[0]["name"], sides[other]["name"])
@@ -161,6 +162,7 @@ def verdicts(record: dict[str, Any]) -> list[tuple[str, str, PairedVerdict]]:
 def verdict_dicts(record: dict[str, Any]) -> list[dict[str, Any]]:
     """``verdicts`` as the record stores them."""
     return [{"base": base, "other": other, "measure": v.measure, "pairs": v.pairs, "wins": v.wins, "losses": v.losses,
-             "p": round(v.p, 6), "median_change_pct": None if v.median_change_pct is None else round(v.median_change_pct, 2),
+             "p": round(v.p, 6),
+             "median_change_pct": None if v.median_change_pct is None else round(v.median_change_pct, 2),
              "significant": v.significant, "test": "sign test" if v.measure != "answers" else "McNemar exact"}
             for base, other, v in verdicts(record)]

@@ -49,7 +49,7 @@ def test_replay_reproduces_the_live_events(tmp_path: Path, server_binary, no_lef
     # and they arrive with the recorded relative timing, scaled by the speed, within 5%
     first = next(w for w, e in replayed if isinstance(e, TokenReceived))
     span = live_tokens[-1].t - live_tokens[0].t
-    for (w, e), a in zip(((w, e) for w, e in replayed if isinstance(e, TokenReceived)), live_tokens, strict=True):
+    for (w, _), a in zip(((w, e) for w, e in replayed if isinstance(e, TokenReceived)), live_tokens, strict=True):
         expected = (a.t - live_tokens[0].t) / speed
         assert abs((w - first) - expected) <= 0.05 * span / speed + 0.02
     assert time.monotonic() - t0 < record["duration_s"] / speed + 2

@@ -28,7 +28,7 @@ SIDES = {
 
 
 def profile(tmp_path: Path, sides: list[str], prompts: str, sampling: str, run: str = "") -> Path:
-    text = (f'name = "t"\n[model]\npath = "bundled"\n[server]\nctx_size = 1024\nthreads = 1\n'
+    text = ('name = "t"\n[model]\npath = "bundled"\n[server]\nctx_size = 1024\nthreads = 1\n'
             + "".join(SIDES[s] for s in sides) + prompts + f"[sampling]\n{sampling}\n[run]\n{run}\n")
     path = tmp_path / "p.toml"
     path.write_text(text)

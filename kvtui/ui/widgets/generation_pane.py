@@ -49,7 +49,7 @@ class GenerationPane(Vertical):
     @property
     def state(self) -> SideState | None:
         """This side's state, or None before the session has started."""
-        sides = getattr(self.app, "state").sides
+        sides = self.app.state.sides
         return sides[self.index] if self.index < len(sides) else None
 
     def compose(self) -> ComposeResult:
@@ -155,7 +155,7 @@ class GenerationPane(Vertical):
             t.append(s.stop, style="bold red" if s.stop in ("loop", "error") else "bold")
         if s.run:
             t.append(f"   run {s.run + 1}", style="dim")
-        div = getattr(self.app, "state").divergence(self.index)
+        div = self.app.state.divergence(self.index)
         if div is not None:
             ref, first = div
             if first is None:
