@@ -27,6 +27,7 @@ def _log_message(line: str) -> str:
     return _LOG_PREFIX.sub("", line)
 
 
+MAX_LINES = 400  # the pane keeps the tail of a long generation (the record keeps all of it): bounded redraw cost
 STATE_CLASSES = ("-streaming", "-looping", "-crashed", "-done", "-waiting", "-aborted")
 
 
@@ -43,6 +44,7 @@ class GenerationPane(Vertical):
         super().__init__(id=f"pane-{index}", classes="pane")
         self.index = index
         self._loop_marked: tuple[int, int] | None = None
+        self._trimmed = 0  # characters cut from the top of the pane
         self._shown: SideState | None = None
         self._last: dict[str, object] = {}  # what each part shows now: unchanged parts are not redrawn
 
@@ -73,12 +75,17 @@ class GenerationPane(Vertical):
         if s.reset_text:
             s.reset_text = False
             self._loop_marked = None
+            self._trimmed = 0
             area.load_text("")
         if s.pending:
             chunk = "".join(s.pending)
             s.pending.clear()
             at_bottom = area.scroll_y >= area.max_scroll_y - 1
             area.insert(chunk, area.document.end, maintain_selection_offset=True)
+            excess = area.document.line_count - MAX_LINES
+            if excess > MAX_LINES // 4:  # trim in steps, not on every flush
+                self._trimmed += len(area.get_text_range((0, 0), (excess, 0)))
+                area.delete((0, 0), (excess, 0), maintain_selection_offset=False)
             if at_bottom:
                 area.scroll_end(animate=False, immediate=False)
         self._mark_loop(area)
@@ -92,7 +99,7 @@ class GenerationPane(Vertical):
             return
         self._loop_marked = (s.loop[0], s.loop[1])
         doc = area.document
-        start = doc.get_location_from_index(min(offset, len(area.text)))
+        start = doc.get_location_from_index(max(0, min(offset - self._trimmed, len(area.text))))
         area.selection = Selection(start, doc.end)
 
     def refresh_view(self, now: float | None = None) -> None:
