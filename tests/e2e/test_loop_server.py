@@ -69,7 +69,7 @@ def test_stop_on_loop_stops_each_side_early(tmp_path: Path, server_binary, no_le
         line = (f"repetition loop: {loop['period']}-token cycle from token {loop['start']}, "
                 f"x{loop['repeats']} so far")
         assert any(side["name"] in ln and line in ln for ln in out.splitlines()), out
-        assert f"stop: loop" in out
+        assert "stop: loop" in out
 
 
 def test_without_stop_on_loop_the_run_goes_to_n_predict(tmp_path: Path, server_binary,
