@@ -196,6 +196,11 @@ class HeadlessConsole:
                 self.console.print(f"  {other} vs {base}: {v}")
         for line in divergence_lines(record):
             self.console.print(line)
+        for s in summaries:
+            if s.reply_loop is not None:
+                first, count = s.reply_loop
+                self.console.print(f"[bold red]{s.name}: a loop of replies[/]: runs {first + 1}-{first + count} gave "
+                                   "near-identical answers to different prompts")
         if path:
             self.console.print(f"record: {path}")
 

@@ -15,7 +15,7 @@ _SIDE: dict[str, Any] = {"name": str, "cache_type_k": str, "cache_type_v": str, 
                          "kv_cache_mib": _NUM, "kv_estimate_mib": _NUM, "vram_peak_mib": _NUM, "rss_peak_mib": _NUM,
                          "t_start": _NUM, "t_ready": _NUM, "t_exit": _NUM, "pid": int, "load_s": _NUM, "n_ctx": int,
                          "warmup_ms": _NUM, "t_warm": _NUM, "memory_t": list, "memory_mib": list, "runs": list,
-                         "log_tail": list,
+                         "log_tail": list, "reply_loop": dict,
                          "error": str, "exit_code": int}
 _RUN: dict[str, Any] = {"run": int, "stop": str, "prompt_n": int, "prompt_per_second": _NUM, "predicted_n": int,
                         "predicted_per_second": _NUM, "ttft_ms": _NUM, "client_tokens_per_second": _NUM,

@@ -172,10 +172,14 @@ class SessionRecorder:
 
     def _derive(self) -> None:
         """Divergence between sides and paired verdicts: computed once, from the runs, when the session ends."""
-        from .summary import divergences, verdict_dicts
+        from .summary import divergences, reply_loop, verdict_dicts
 
         self.data["comparisons"] = divergences(self.data)
         self.data["verdicts"] = verdict_dicts(self.data)
+        for side in self.data["sides"]:
+            found = reply_loop(side.get("runs", []))
+            if found is not None:
+                side["reply_loop"] = {"first_run": found[0], "runs": found[1]}
 
     def _memory(self, e: MemorySampled) -> None:
         s = self.side(e.side)

@@ -36,6 +36,7 @@ class SideSummary:
     error: str | None
     answers_right: int = 0
     answers_checked: int = 0  # runs whose prompt has an expected answer
+    reply_loop: tuple[int, int] | None = None  # (first run, how many): near-identical replies to different prompts
 
     @property
     def pass_rate(self) -> float | None:
@@ -73,8 +74,29 @@ def summarize(record: dict[str, Any]) -> list[SideSummary]:
             error=s.get("error"),
             answers_right=sum(1 for r in runs if (r.get("check") or {}).get("answer_ok") is True),
             answers_checked=sum(1 for r in runs if "answer_ok" in (r.get("check") or {})),
+            reply_loop=reply_loop(runs),
         ))
     return out
+
+
+def reply_loop(runs: list[dict[str, Any]], min_run: int = 3) -> tuple[int, int] | None:
+    """Three or more consecutive runs whose replies are near-identical although their prompts differ.
+
+    The turn-level loop of a stuck model (the same short reply whatever it is asked). Repeats of one
+    prompt are expected to agree, so a window must span at least two different prompts to count.
+    """
+    from .loops import replies_loop
+
+    start = 0
+    while start < len(runs):
+        found = replies_loop([r.get("text", "") for r in runs[start:]], min_run=min_run)
+        if found is None:
+            return None
+        first, count = found[0] + start, found[1]
+        if len({r.get("prompt", "") for r in runs[first:first + count]}) >= 2:
+            return first, count
+        start = first + count
+    return None
 
 
 def _med(x: Spread | None) -> float | None:

@@ -109,3 +109,16 @@ def test_paired_pass_is_mcnemar_on_discordant_pairs() -> None:
     v = paired_pass([True] * 3 + [False] * 7, [True] * 3 + [True] * 7, "answers")
     assert (v.wins, v.losses, v.pairs) == (7, 0, 10) and v.significant
     assert v.rates == (0.3, 1.0) and "McNemar" in str(v)
+
+
+def test_reply_loop_needs_different_prompts() -> None:
+    from kvtui.core.summary import reply_loop
+
+    stuck = "I will now write the file. Done."
+    runs = [{"prompt": "a", "text": "def f(): return 1"}] + [
+        {"prompt": p, "text": stuck} for p in ("b", "c", "d")]
+    assert reply_loop(runs) == (1, 3)
+    same_prompt = [{"prompt": "a", "text": stuck} for _ in range(4)]  # greedy repeats agree by design
+    assert reply_loop(same_prompt) is None
+    varied = [{"prompt": p, "text": t} for p, t in (("a", "one answer"), ("b", "another one"), ("c", "a third"))]
+    assert reply_loop(varied) is None
