@@ -7,6 +7,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import settings
+
+# the same examples on every run, so CI is deterministic; explore with --hypothesis-seed=random
+settings.register_profile("kvtui", derandomize=True, deadline=None)
+settings.load_profile("kvtui")
 
 from kvtui.core.locate import ServerBinary, bundled_model, bundled_wheel_runs_here, find_server
 

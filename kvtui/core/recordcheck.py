@@ -22,6 +22,10 @@ _RUN: dict[str, Any] = {"run": int, "stop": str, "prompt_n": int, "prompt_per_se
                         "t_end": _NUM, "t_sent": _NUM, "text": str, "pieces": list, "t_ms": list, "ids": list,
                         "counts": list, "loop": dict, "error": str, "prompt": str, "repeat": int, "seed": int,
                         "check": dict, "top_ids": list, "top_logprobs": list}
+_MODEL: dict[str, Any] = {"path": str, "name": str, "size_mib": _NUM, "arch": str}
+_SERVER: dict[str, Any] = {"bin": str, "version": str}
+_HOST: dict[str, Any] = {"os": str, "machine": str, "cpu": str, "cores": int, "ram_mib": _NUM, "gpu_name": str,
+                         "gpu_count": int, "gpu_total_mib": _NUM, "gpu_driver": str}
 _STOPS = ("eos", "length", "word", "loop", "aborted", "error")
 
 
@@ -42,6 +46,8 @@ def check_record(data: dict[str, Any], source: str) -> None:
         source: the file name for the message.
     """
     _check(data, _TOP, "", source)
+    for key, schema in (("model", _MODEL), ("server", _SERVER), ("host", _HOST)):
+        _check(data.get(key, {}), schema, f"{key}.", source)
     for i, side in enumerate(data.get("sides", [])):
         if not isinstance(side, dict):
             raise RecordError(f"{source}: sides[{i}] is not a table", "the record is damaged")

@@ -30,19 +30,12 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
+from .loops import LoopDetector
 from .session import SessionRecorder
 
 _ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, RequestSent: 4, MemorySampled: 5,
           TokenReceived: 6, LoopDetected: 7, RunFinished: 8, ErrorRaised: 9, ServerExited: 10, SideFinished: 11,
           SessionFinished: 12}
-
-
-def _loop_detector() -> Any:
-    try:
-        from .loops import LoopDetector
-    except ImportError:
-        return None
-    return LoopDetector()
 
 
 def _tops(run: dict[str, Any]) -> tuple[tuple[tuple[int, float], ...], ...]:
@@ -60,13 +53,13 @@ def _run_events(i: int, run: dict[str, Any]) -> list[Event]:
         t_sent = t_end - (t_ms[-1] / 1000 if t_ms else 0.0)
     r = int(run.get("run", 0))
     out: list[Event] = [RequestSent(t_sent, i, r)]
-    detector = _loop_detector()
+    detector = LoopDetector()
     last_repeats = None
     for k, text in enumerate(pieces):
         t = t_sent + t_ms[k] / 1000
         tid = ids[k] if ids[k] >= 0 else None
         out.append(TokenReceived(t, i, r, counts[k], text, tid))
-        if detector is not None and tid is not None:
+        if tid is not None:
             found = detector.feed(tid, text)
             if found is not None and found.repeats != last_repeats:
                 last_repeats = found.repeats

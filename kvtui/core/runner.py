@@ -39,6 +39,7 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
+from .loops import LoopDetector
 from .plan import Plan
 from .profiles import Prompt
 from .server import LlamaServer
@@ -349,7 +350,7 @@ class Runner:
             self.emit(SideFinished(self.now(), i, "aborted"))
 
     async def _consume(self, i: int, run: int, srv: LlamaServer, path: str, body: dict, state: _RunState) -> None:
-        detector = _loop_detector()
+        detector = LoopDetector()
         stop_on_loop = self.plan.profile.run.stop_on_loop
         assert self._http is not None
         async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
@@ -365,7 +366,7 @@ class Runner:
             if piece.top is not None:
                 state.tops.append(piece.top)
             self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
-            if detector is not None and piece.token_id is not None:
+            if piece.token_id is not None:
                 found = detector.feed(piece.token_id, piece.text)
                 if found is not None and (state.loop is None or found.repeats != state.loop[2]):
                     state.loop = (found.period, found.start, found.repeats)
@@ -439,11 +440,3 @@ def _r(x: float | None) -> float | None:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
-
-
-def _loop_detector() -> object | None:
-    try:
-        from .loops import LoopDetector
-    except ImportError:
-        return None
-    return LoopDetector()
