@@ -38,4 +38,6 @@ class ServerLogScreen(ModalScreen[None]):
             lines = Path(self.path).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as exc:
             lines = [f"cannot read the log: {exc.strerror}"]
-        self.query_one(Log).write_lines(lines[-MAX_LINES:] or ["(the log is empty)"])
+        log = self.query_one(Log)
+        log.write_lines(lines[-MAX_LINES:] or ["(the log is empty)"])
+        self.call_after_refresh(log.scroll_end, animate=False)  # the newest lines are what matter
