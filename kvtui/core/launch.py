@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KvtuiError
+from .gpu import make_probe
 from .locate import find_model, find_server
 from .plan import Plan, make_plan
 from .profiles import Profile, check_remote, load_profile
@@ -26,18 +27,6 @@ class Prepared:
     record_path: Path | None
     log_dir: Path
     probe: object | None
-
-
-def make_probe() -> object | None:
-    """The memory probe: NVML when an NVIDIA GPU answers, else RSS via psutil."""
-    try:
-        from .gpu import make_probe as _make
-    except ImportError:
-        return None
-    try:
-        return _make()
-    except Exception:  # no probe is better than no run
-        return None
 
 
 def check_writable(path: Path) -> None:

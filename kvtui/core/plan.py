@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import kvsize
 from .locate import ServerBinary, help_flags, server_version
 from .modelinfo import ModelInfo, read_model_info
 from .profiles import Profile
@@ -53,16 +54,8 @@ class Plan:
 
 def kv_estimate(model_path: Path, profile: Profile, k: str, v: str) -> float | None:
     """KV-cache MiB from the GGUF metadata, or None where the model is not understood."""
-    try:
-        from .kvsize import estimate_kv_mib
-    except ImportError:
-        return None
-    try:
-        est = estimate_kv_mib(model_path, ctx=profile.ctx_size, cache_type_k=k, cache_type_v=v, n_parallel=1)
-    except Exception:  # an estimate is advice; a model it can't read must not stop the run
-        return None
-    total = getattr(est, "total_mib", est)
-    return float(total) if isinstance(total, int | float) else None
+    est = kvsize.estimate_kv_mib(model_path, ctx=profile.ctx_size, cache_type_k=k, cache_type_v=v, n_parallel=1)
+    return est.total_mib
 
 
 def memory_budget(vram_budget_mib: float | None, probe: object | None) -> tuple[float | None, str, bool]:
