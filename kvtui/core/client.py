@@ -207,7 +207,10 @@ async def stream(
         lines = resp.aiter_lines()
         while True:
             try:
-                line = await asyncio.wait_for(anext(lines), stall_timeout_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                # lands as a line arrives, and a cancelled (aborted) stream would then carry on
+                async with asyncio.timeout(stall_timeout_s):
+                    line = await anext(lines)
             except StopAsyncIteration:
                 break
             except TimeoutError:

@@ -356,6 +356,8 @@ class Runner:
         async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
                                          stall_timeout_s=self.plan.profile.run.stall_timeout_s,
                                          clock=self.now, result=state.result):
+            if i in self._aborted:  # belt and braces: an abort stops the stream at the next piece at the latest
+                raise asyncio.CancelledError
             if state.first is None:
                 state.first = (piece.t, piece.n)
             state.last = (piece.t, piece.n)
