@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -16,32 +15,17 @@ from .core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
-    MemorySampled,
-    RequestSent,
     RunFinished,
     ServerExited,
     ServerReady,
     ServerStarting,
     SessionFinished,
     SessionStarted,
-    SideFinished,
     SideWaiting,
-    TokenReceived,
     WarmupDone,
 )
-from .core.metrics import RateMeter
+from .core.state import SessionState
 from .core.summary import clean_finish, comparison_line, summarize, verdicts
-
-
-@dataclass
-class _Side:
-    name: str
-    cache: str
-    status: str = "waiting"
-    tokens: int = 0
-    meter: RateMeter = field(default_factory=RateMeter)
-    mem: str = ""
-    loop: str = ""
 
 
 class HeadlessConsole:
@@ -54,7 +38,7 @@ class HeadlessConsole:
 
     def __init__(self, console: Console | None = None, live: bool | None = None) -> None:
         self.console = console or Console(highlight=False)
-        self.sides: list[_Side] = []
+        self.state = SessionState()  # the same fold of the events the app draws from
         self.use_live = self.console.is_terminal if live is None else live
         self._live: Live | None = None
         self._last_refresh = 0.0
@@ -63,14 +47,16 @@ class HeadlessConsole:
         self.handle(event)
 
     def say(self, side: int | None, text: str, style: str = "") -> None:
-        who = f"[bold]{escape(self.sides[side].name)}[/]: " if side is not None and side < len(self.sides) else ""
+        sides = self.state.sides
+        who = f"[bold]{escape(sides[side].name)}[/]: " if side is not None and side < len(sides) else ""
         self.console.print(f"{who}{text}", style=style, soft_wrap=True)  # one line each, even in a log file
 
     def handle(self, e: Event) -> None:
         """Print what the event means for a person watching."""
+        looping_before = isinstance(e, LoopDetected) and self.state.sides[e.side].loop is not None
+        self.state.apply(e)
         match e:
             case SessionStarted():
-                self.sides = [_Side(s.name, f"K {s.cache_type_k} / V {s.cache_type_v}") for s in e.sides]
                 kind = "replay of " if e.replay else ""
                 self.console.print(f"[bold]kvtui[/] {kind}{e.profile_name}: {e.model_name} "
                                    f"({e.model_arch}, {e.model_size_mib:.0f} MiB) on llama-server {e.server_version}")
@@ -79,13 +65,10 @@ class HeadlessConsole:
                     self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=True)
                     self._live.start()
             case SideWaiting():
-                self.sides[e.side].status = "waiting"
                 self.say(e.side, f"waits ({e.reason})", "dim")
             case ServerStarting():
-                self.sides[e.side].status = "starting"
                 self.say(e.side, f"starting llama-server on port {e.port} (log: {e.log_path})", "dim")
             case ServerReady():
-                self.sides[e.side].status = "ready"
                 kv = f", KV cache {e.kv_cache_mib:.2f} MiB" if e.kv_cache_mib is not None else ""
                 fa = f", flash attention {e.flash_attn}" if e.flash_attn else ""
                 self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
@@ -93,26 +76,15 @@ class HeadlessConsole:
                     self.say(e.side, f"warning: {w}", "yellow")
             case WarmupDone():
                 self.say(e.side, f"warmed up ({e.ms:.0f} ms)", "dim")
-            case RequestSent():
-                s = self.sides[e.side]
-                s.status, s.tokens, s.meter, s.loop = "generating", 0, RateMeter(), ""
-            case TokenReceived():
-                s = self.sides[e.side]
-                s.tokens = e.n
-                s.meter.add(e.t, e.n)
-            case MemorySampled():
-                if e.used_mib is not None:
-                    kind = "VRAM" if e.source == "nvml" else "RAM"
-                    self.sides[e.side].mem = f"{kind} {e.used_mib:.0f} MiB"
             case LoopDetected():
-                s = self.sides[e.side]
-                if not s.loop:
+                if not looping_before:
                     self.say(e.side, f"repetition loop: {e.period}-token cycle from token {e.start}, "
                                      f"x{e.repeats} so far", "bold red")
-                s.loop = f"loop {e.period}x{e.repeats}"
-                s.status = "looping"
             case RunFinished():
-                tps = f"{e.predicted_per_second:.1f}" if e.predicted_per_second is not None else "?"
+                if e.predicted_per_second is not None:
+                    tps = f"{e.predicted_per_second:.1f}"
+                else:  # cut short (abort, loop): the server sent no timings; "~" marks kvtui's own rate
+                    tps = f"~{e.client_tokens_per_second:.1f}" if e.client_tokens_per_second else "?"
                 pps = f"{e.prompt_per_second:.1f}" if e.prompt_per_second is not None else "?"
                 self.say(e.side, f"run {e.run + 1}: {e.predicted_n} tokens, tg {tps} t/s, pp {pps} t/s, "
                                  f"stop: {e.stop}")
@@ -125,8 +97,6 @@ class HeadlessConsole:
                     self.say(e.side, f"llama-server exited with code {e.returncode}; log tail:", "red")
                     for line in e.log_tail[-8:]:
                         self.console.print(Text("    " + line, style="dim"))
-            case SideFinished():
-                self.sides[e.side].status = e.status
             case SessionFinished():
                 self._stop_live()
                 return
@@ -153,9 +123,11 @@ class HeadlessConsole:
         t = Table(box=None, pad_edge=False)
         for col in ("side", "KV types", "status", "tokens", "tok/s", "memory", ""):
             t.add_column(col)
-        for s in self.sides:
+        for s in self.state.sides:
             rate = s.meter.average
-            t.add_row(s.name, s.cache, s.status, str(s.tokens), f"{rate:.1f}" if rate else "-", s.mem, s.loop)
+            mem = "" if s.mem_mib is None else f"{'VRAM' if s.mem_source == 'nvml' else 'RAM'} {s.mem_mib:.0f} MiB"
+            loop = f"loop {s.loop[0]}x{s.loop[2]}" if s.loop else ""
+            t.add_row(s.name, s.cache_label, s.status, str(s.tokens), f"{rate:.1f}" if rate else "-", mem, loop)
         return t
 
     def print_summary(self, record: dict[str, Any], path: str | None) -> None:
