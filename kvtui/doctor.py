@@ -7,6 +7,7 @@ import os
 from rich.console import Console
 
 from .core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
+from .core.gpu import gpu_summary
 from .core.locate import bundled_wheel_runs_here, cpu_flags, find_model, find_server, server_version
 from .core.modelinfo import read_model_info
 from .core.profiles import default_profile_path, load_profile
@@ -55,20 +56,11 @@ def doctor(model: str | None = None, server_bin: str | None = None, console: Con
     except KvtuiError as exc:
         bad("model", exc)
 
-    from .core.launch import make_probe
-
-    probe = make_probe()
-    devices = []
-    if probe is not None and getattr(probe, "available", False):
-        try:
-            devices = probe.devices()  # type: ignore[attr-defined]
-        except Exception:
-            devices = []
-    if devices:
-        for d in devices:
-            out.print(f"[green]✓[/] GPU {d.index}: {d.name}, {d.total_mib:,.0f} MiB total, {d.free_mib:,.0f} MiB free")
-    else:
-        out.print("[yellow]-[/] no NVIDIA GPU (NVML): memory meters show process RAM")
+    gpus = gpu_summary()
+    if isinstance(gpus, str):
+        out.print(f"[yellow]-[/] {gpus}: memory meters show process RAM")
+    for d in gpus if isinstance(gpus, list) else []:
+        out.print(f"[green]✓[/] GPU {d.index}: {d.name}, {d.total_mib:,.0f} MiB total, {d.free_mib:,.0f} MiB free")
     avx = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "baseline"
     out.print(f"    CPU: {os.cpu_count()} cores, {avx}")
     out.print("[green]ready: a run can start[/]" if ok else "[red]not ready: fix the items above[/]")

@@ -151,7 +151,10 @@ class HeadlessConsole:
                    kv, mem]
             if answers:
                 row.append(f"{s.answers_right}/{s.answers_checked}" if s.answers_checked else "-")
-            row += [f"{s.loops}/{s.runs}" if s.runs else "-", _stops(s.stops) or s.status]
+            loops = f"{s.loops}/{s.runs}" if s.runs else "-"
+            if s.runs > 1 and s.loops_per_100 is not None:
+                loops += f" ({s.loops_per_100:.0f}/100)"
+            row += [loops, _stops(s.stops) or s.status]
             t.add_row(*row)
         self.console.print(t)
         if record.get("schedule") == "simultaneous" and len(summaries) > 1:

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.constants import GGUFValueType as T
 
 from .errors import KvtuiError
@@ -79,18 +80,54 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return dict(_cached(str(p), p.stat().st_mtime_ns))
 
 
-@lru_cache(maxsize=16)
+def tensor_bytes(path: str | Path) -> int | None:
+    """The sum of the tensors' byte sizes in one GGUF file (None for a tensor type newer than gguf knows).
+
+    Raises:
+        GGUFFormatError: not a GGUF file, or a truncated header.
+    """
+    p = Path(path)
+    return _parse(str(p), p.stat().st_mtime_ns)[1]
+
+
 def _cached(path: str, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
+    return _parse(path, mtime_ns)[0]
+
+
+@lru_cache(maxsize=16)
+def _parse(path: str, mtime_ns: int) -> tuple[tuple[tuple[str, Any], ...], int | None]:
+    """One walk of the header: the metadata keys, then the tensor infos' sizes."""
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise GGUFFormatError(f"not a GGUF file: {path}", "llama-server needs a .gguf model")
         version = _read(f, "<I")
         if version < 2:
             raise GGUFFormatError(f"GGUF version {version} is too old", "re-convert the model with a current llama.cpp")
-        _read(f, "<Q")  # tensor count
+        n_tensors = _read(f, "<Q")
         n_kv = _read(f, "<Q")
         items = []
         for _ in range(n_kv):
             key = _string(f)
             items.append((key, _value(f, _read(f, "<I"))))
-    return tuple(items)
+        return tuple(items), _tensors_total(f, n_tensors)
+
+
+def _tensors_total(f: BinaryIO, n_tensors: int) -> int | None:
+    total = 0
+    for _ in range(n_tensors):
+        _string(f)
+        n_dims = _read(f, "<I")
+        raw = f.read(8 * n_dims)
+        if len(raw) != 8 * n_dims:
+            raise GGUFFormatError("the GGUF header ends early (truncated file?)", "re-download or re-convert the model")
+        n_elements = 1
+        for d in struct.unpack(f"<{n_dims}Q", raw):
+            n_elements *= d
+        type_id = _read(f, "<I")
+        _read(f, "<Q")  # data offset
+        try:
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
+        except (ValueError, KeyError):  # a tensor type newer than this gguf package
+            return None
+        total += n_elements // block * size
+    return total

@@ -264,6 +264,13 @@ def make_probe(prefer: Literal["auto", "nvml", "rss"] = "auto") -> NvmlProbe | R
     return RssProbe()
 
 
+def probe_devices(probe: MemoryProbe | None) -> list[GpuDevice]:
+    """A probe's GPUs, or [] when there is no probe, no GPU, or the probe fails (a plan must still be made)."""
+    if probe is None or not probe.available:
+        return []
+    return _quiet(probe.devices) or []
+
+
 def gpu_summary() -> list[GpuDevice] | str:
     """What ``kvtui doctor`` prints about GPUs.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KvtuiError
-from .gpu import make_probe
+from .gpu import make_probe, probe_devices
 from .locate import find_model, find_server
 from .plan import Plan, make_plan
 from .profiles import Profile, check_remote, load_profile
@@ -68,12 +68,7 @@ def prepare(profile: Profile | str | Path, *, model: str | None = None, server_b
     model_path = find_model(model, prof.model)
     probe = make_probe()
     plan = make_plan(prof, model_path, binary, mode=mode, vram_budget_mib=vram_budget_mib, probe=probe)
-    devices = []
-    if probe is not None and getattr(probe, "available", False):
-        try:
-            devices = probe.devices()  # type: ignore[attr-defined]
-        except Exception:
-            devices = []
+    devices = probe_devices(probe)  # type: ignore[arg-type]
     profile_dict = prof.to_dict()
     profile_dict["model"]["path"] = str(model_path)
     recorder = SessionRecorder(record_path, profile_dict, host_info(devices))

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf.constants import LlamaFileType
 
-# ggufmeta's header walker, shared so the metadata and tensor readers cannot drift apart
-from .ggufmeta import GGUFFormatError, _string, _value, read_metadata
-from .ggufmeta import _read as _read_fmt
+from .ggufmeta import GGUFFormatError, read_metadata, tensor_bytes
 
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
@@ -84,7 +81,7 @@ def model_bytes(path: str | Path) -> int | None:
         parts = _split_parts(p)
         total = 0
         for part in parts:
-            n = _tensor_bytes(str(part), part.stat().st_mtime_ns)
+            n = tensor_bytes(part)
             if n is None:
                 return None
             total += n
@@ -101,40 +98,6 @@ def _split_parts(p: Path) -> list[Path]:
     stem = p.name[: m.start()]
     n = int(m.group(2))
     return [p.with_name(f"{stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
-
-
-@lru_cache(maxsize=32)
-def _tensor_bytes(path: str, mtime_ns: int) -> int | None:
-    """Walk the header past the metadata and add up the tensor infos' byte sizes."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise GGUFFormatError(f"not a GGUF file: {path}", "llama-server needs a .gguf model")
-        if _read_fmt(f, "<I") < 2:
-            raise GGUFFormatError(f"GGUF version too old: {path}", "re-convert the model with a current llama.cpp")
-        n_tensors = _read_fmt(f, "<Q")
-        n_kv = _read_fmt(f, "<Q")
-        for _ in range(n_kv):
-            _string(f)
-            _value(f, _read_fmt(f, "<I"))
-        total = 0
-        for _ in range(n_tensors):
-            _string(f)
-            n_dims = _read_fmt(f, "<I")
-            raw = f.read(8 * n_dims)
-            if len(raw) != 8 * n_dims:
-                raise GGUFFormatError("the GGUF header ends early (truncated file?)",
-                                      "re-download or re-convert the model")
-            n_elements = 1
-            for d in struct.unpack(f"<{n_dims}Q", raw):
-                n_elements *= d
-            type_id = _read_fmt(f, "<I")
-            _read_fmt(f, "<Q")  # data offset
-            try:
-                block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
-            except (ValueError, KeyError):  # a tensor type newer than this gguf package
-                return None
-            total += n_elements // block * size
-    return total
 
 
 def _quant_name(file_type: object) -> str | None:

@@ -9,10 +9,11 @@ with headroom.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import kvsize
+from .gpu import probe_devices
 from .locate import ServerBinary, help_flags, server_version
 from .modelinfo import ModelInfo, read_model_info
 from .profiles import Profile
@@ -49,7 +50,6 @@ class Plan:
     budget_mib: float | None = None
     budget_source: str = ""
     fits: bool | None = None
-    notes: tuple[str, ...] = field(default=())
 
 
 def kv_estimate(model_path: Path, profile: Profile, k: str, v: str) -> float | None:
@@ -62,12 +62,7 @@ def memory_budget(vram_budget_mib: float | None, probe: object | None) -> tuple[
     """The memory both servers must fit in: (MiB, where it came from, on a GPU?)."""
     if vram_budget_mib is not None:
         return vram_budget_mib, "--vram-budget", True
-    devices = []
-    if probe is not None and getattr(probe, "available", False):
-        try:
-            devices = probe.devices()  # type: ignore[attr-defined]
-        except Exception:
-            devices = []
+    devices = probe_devices(probe)  # type: ignore[arg-type]
     if devices:
         free = sum(d.free_mib for d in devices if d.free_mib is not None)
         return free, f"free VRAM on {devices[0].name}", True

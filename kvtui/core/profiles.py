@@ -12,7 +12,7 @@ import difflib
 import ipaddress
 import math
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +96,6 @@ class Profile:
     def prompt(self) -> Prompt:
         """The first prompt (most profiles have one)."""
         return self.prompts[0]
-
-    def with_overrides(self, **changes: Any) -> Profile:
-        """Return a copy with the given fields replaced (command-line flags)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as TOML-ready data, in the same layout as the file."""

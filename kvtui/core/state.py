@@ -106,6 +106,7 @@ class SessionState:
     finished: str | None = None
     now: float = 0.0
     events: int = 0
+    _div: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # side -> (run, checked, first)
 
     def apply(self, e: Event) -> None:
         """Fold one event in."""
@@ -174,15 +175,23 @@ class SessionState:
 
     def divergence(self, i: int) -> tuple[str, int | None] | None:
         """Side ``i`` against its reference (side 0; side 1 for side 0) in the same run: (name, first differing
-        piece or None while identical so far); None when there is nothing to compare yet."""
+        piece or None while identical so far); None when there is nothing to compare yet.
+
+        Incremental: each call compares only the pieces that arrived since the last one (it runs on every
+        redraw of a long generation).
+        """
         if len(self.sides) < 2 or i >= len(self.sides):
             return None
         ref = self.sides[1 if i == 0 else 0]
         me = self.sides[i]
         if ref.run != me.run or not ref.ids or not me.ids:
             return None
-        n = min(len(ref.ids), len(me.ids))
-        for k in range(n):
-            if ref.ids[k] != me.ids[k]:
-                return ref.name, k
-        return ref.name, None
+        run, checked, first = self._div.get(i, (-1, 0, None))
+        if run != me.run:
+            checked, first = 0, None
+        if first is None:
+            n = min(len(ref.ids), len(me.ids))
+            first = next((k for k in range(checked, n) if ref.ids[k] != me.ids[k]), None)
+            checked = n
+        self._div[i] = (me.run, checked, first)
+        return ref.name, first

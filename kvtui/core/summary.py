@@ -24,7 +24,6 @@ class SideSummary:
     runs: int
     pp: Spread | None  # server prompt_per_second
     tg: Spread | None  # server predicted_per_second (client-side rate for runs cut short)
-    client_tg: Spread | None
     ttft_ms: Spread | None
     tokens: Spread | None
     kv_mib: float | None  # from the server's log
@@ -37,10 +36,6 @@ class SideSummary:
     answers_right: int = 0
     answers_checked: int = 0  # runs whose prompt has an expected answer
     reply_loop: tuple[int, int] | None = None  # (first run, how many): near-identical replies to different prompts
-
-    @property
-    def pass_rate(self) -> float | None:
-        return self.answers_right / self.answers_checked if self.answers_checked else None
 
     @property
     def loops_per_100(self) -> float | None:
@@ -62,7 +57,6 @@ def summarize(record: dict[str, Any]) -> list[SideSummary]:
             pp=spread(r.get("prompt_per_second") for r in measured),
             # the server sends no timings for a request cut short (abort, loop): kvtui's own rate stands in
             tg=spread(r.get("predicted_per_second") or r.get("client_tokens_per_second") for r in measured),
-            client_tg=spread(r.get("client_tokens_per_second") for r in measured),
             ttft_ms=spread(r.get("ttft_ms") for r in measured),
             tokens=spread(r.get("predicted_n") for r in measured),
             kv_mib=s.get("kv_cache_mib"),

@@ -122,3 +122,23 @@ def test_reply_loop_needs_different_prompts() -> None:
     assert reply_loop(same_prompt) is None
     varied = [{"prompt": p, "text": t} for p, t in (("a", "one answer"), ("b", "another one"), ("c", "a third"))]
     assert reply_loop(varied) is None
+
+
+def test_live_divergence_is_incremental_and_per_run() -> None:
+    from kvtui.core.events import RequestSent, SessionStarted, SideInfo, TokenReceived
+    from kvtui.core.state import SessionState
+
+    st = SessionState()
+    st.apply(SessionStarted(0, "p", "parallel", "", "simultaneous",
+                            (SideInfo("a", "f16", "f16", ()), SideInfo("b", "q4_0", "q4_0", ())), "", "", 0, "", "", "", ""))
+    for side in (0, 1):
+        st.apply(RequestSent(0, side, 0))
+    for k, (x, y) in enumerate([(1, 1), (2, 2), (3, 9), (4, 4)]):
+        st.apply(TokenReceived(k, 0, 0, k + 1, "t", x))
+        st.apply(TokenReceived(k, 1, 0, k + 1, "t", y))
+        expected = None if k < 2 else 2
+        assert st.divergence(1) == ("a", expected) and st.divergence(0) == ("b", expected)
+    for side in (0, 1):  # a new run starts from scratch
+        st.apply(RequestSent(1, side, 1))
+        st.apply(TokenReceived(2, side, 1, 1, "t", 5))
+    assert st.divergence(1) == ("a", None)
