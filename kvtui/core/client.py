@@ -43,6 +43,22 @@ class StreamResult:
     error: str | None = None
 
 
+def http_client() -> httpx.AsyncClient:
+    """The HTTP client for talking to llama-server: a fresh connection for every request.
+
+    llama-server closes the connection a few milliseconds after a streamed
+    response ends, although its headers say ``Keep-Alive: timeout=5, max=100``
+    (measured on b10434: 60 of 60 streams). A pooled client hands that dying
+    connection to the next request, which then fails with "Server disconnected
+    without sending a response" whenever it is sent inside those milliseconds:
+    a rerun, whose measured request follows its warm-up at once, failed about
+    1 time in 10. Idle non-streamed connections have the same race at the
+    server's 5 s keep-alive timeout. A new loopback connection costs well
+    under a millisecond, so kvtui keeps none alive.
+    """
+    return httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 class StreamStalled(KvtuiError):
     """No token arrived for longer than the stall timeout."""
 
@@ -121,7 +137,9 @@ class StreamParser:
         if "error" in payload:
             err = payload["error"]
             msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            raise KvtuiError(f"server error: {_one_line(msg)}", "see the server log", exit_code=1)
+            raise KvtuiError(f"server error: {_one_line(msg)}",
+                             "check the profile's prompt and sampling settings against the server's message",
+                             exit_code=1)
         if "choices" in payload:
             return self._chat(payload, t)
         return self._completion(payload, t)
@@ -198,11 +216,7 @@ async def stream(
     async with http.stream("POST", base_url + path, json=body, headers=headers,
                            timeout=httpx.Timeout(10.0, read=None)) as resp:
         if resp.status_code != 200:
-            raw = await resp.aread()
-            hint = ("the server refused kvtui's API key: another program may answer on this port"
-                    if resp.status_code in (401, 403) else "see the server log")
-            raise KvtuiError(f"HTTP {resp.status_code} from {path}: {_one_line(_error_message(raw))}", hint,
-                             exit_code=1)
+            raise http_error(resp.status_code, path, await resp.aread())
         decoder = SSEDecoder()
         lines = resp.aiter_lines()
         while True:
@@ -240,12 +254,31 @@ def _one_line(text: str, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _error_message(raw: bytes) -> str:
+def http_error(status: int, path: str, raw: bytes) -> KvtuiError:
+    """A refused request as cause + fix, from llama-server's JSON error body where it has one.
+
+    llama-server answers before any SSE, e.g. ``400 {"error": {"type": "exceed_context_size_error",
+    "n_prompt_tokens": 602, "n_ctx": 256, ...}}``.
+    """
     import json
 
+    err: dict[str, Any] = {}
     try:
         data = json.loads(raw)
-        err = data.get("error", data)
-        return str(err.get("message", err)) if isinstance(err, dict) else str(err)
-    except (ValueError, AttributeError):
-        return raw.decode("utf-8", "replace")[:200]
+        found = data.get("error", data) if isinstance(data, dict) else data
+        err = found if isinstance(found, dict) else {"message": str(found)}
+    except ValueError:
+        err = {"message": raw.decode("utf-8", "replace")[:200]}
+    message = _one_line(err.get("message", err))
+    kind = err.get("type")
+    if kind == "exceed_context_size_error":
+        n_prompt, n_ctx = err.get("n_prompt_tokens", "?"), err.get("n_ctx", "?")
+        return KvtuiError(f"the prompt ({n_prompt} tokens) does not fit the server's context ({n_ctx} tokens)",
+                          "raise server.ctx_size in the profile, or shorten the prompt", exit_code=1)
+    if status in (401, 403):
+        hint = "the server refused kvtui's API key: another program may answer on this port"
+    elif status == 503:
+        hint = "the server is still loading or has no free slot: rerun once it is ready"
+    else:
+        hint = "check the profile's prompt and sampling settings against the server's message"
+    return KvtuiError(f"HTTP {status} from {path}: {message}", hint, exit_code=1)

@@ -94,6 +94,7 @@ class Runner:
         self._aborted: set[int] = set()
         self._http: httpx.AsyncClient | None = None
         self._next_run: dict[int, int] = {}
+        self._starts: dict[int, int] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class Runner:
             self.status[i] = "waiting"
         sampler = asyncio.create_task(self._sample_memory())
         try:
-            async with httpx.AsyncClient() as http:
+            async with client.http_client() as http:
                 self._http = http
                 if p.mode == "sequential" or len(sides) == 1:
                     for i in sides[1:]:
@@ -180,7 +181,9 @@ class Runner:
 
     async def _start(self, i: int) -> bool:
         side = self.plan.sides[i]
-        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}.log")
+        starts = self._starts[i] = self._starts.get(i, 0) + 1  # a rerun's server keeps the earlier logs
+        suffix = "" if starts == 1 else f".{starts}"
+        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log")
         self.servers[i] = srv
         self._set(i, "starting")
         self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path)))
@@ -245,7 +248,8 @@ class Runner:
         if isinstance(exc, KvtuiError):
             return exc
         return KvtuiError(f"request failed: {exc.__class__.__name__}: {exc}".rstrip(": "),
-                          "see the server log", exit_code=1)
+                          f"rerun the side (r in the app); if it fails again, read {self.servers[i].log_path}",
+                          exit_code=1)
 
     def _fail(self, i: int, exc: KvtuiError, status: str) -> None:
         self._set(i, status)

