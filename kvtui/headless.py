@@ -61,6 +61,8 @@ class HeadlessConsole:
                 self.console.print(f"[bold]kvtui[/] {kind}{e.profile_name}: {e.model_name} "
                                    f"({e.model_arch}, {e.model_size_mib:.0f} MiB) on llama-server {e.server_version}")
                 self.console.print(f"mode: {e.mode} ({e.mode_reason}); schedule: {e.schedule}")
+                for w in e.warnings:
+                    self.console.print(f"[yellow]warning: {escape(w)}[/]", soft_wrap=True)
                 if self.use_live:
                     self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=True)
                     self._live.start()

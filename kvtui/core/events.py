@@ -35,6 +35,7 @@ class SessionStarted:
     server_version: str
     created: str  # ISO 8601 wall-clock time
     replay: bool = False
+    warnings: tuple[str, ...] = ()  # from the plan: legal, but likely not what was meant
 
 
 @dataclass(frozen=True, slots=True)

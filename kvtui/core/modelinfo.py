@@ -27,6 +27,7 @@ class ModelInfo:
     file_size: int = 0  # bytes of this file (the first part of a split model)
     model_bytes: int | None = None  # sum of the tensor sizes, every split part counted
     quant: str | None = None  # general.file_type as llama.cpp names it, e.g. "Q4_K_M"
+    chat_template: bool | None = None  # the file carries tokenizer.chat_template (None: unreadable)
 
     @property
     def model_mib(self) -> float:
@@ -48,7 +49,8 @@ def _read(path: str, mtime_ns: int) -> ModelInfo:
     ctx = meta.get(f"{arch}.context_length")
     return ModelInfo(path, str(meta.get("general.name") or p.stem), size_mib, arch,
                      int(layers) if isinstance(layers, int) else None, int(ctx) if isinstance(ctx, int) else None,
-                     size, model_bytes(p), _quant_name(meta.get("general.file_type")))
+                     size, model_bytes(p), _quant_name(meta.get("general.file_type")),
+                     isinstance(meta.get("tokenizer.chat_template"), str))
 
 
 def read_model_info(path: str | Path) -> ModelInfo:

@@ -50,6 +50,17 @@ class Plan:
     budget_mib: float | None = None
     budget_source: str = ""
     fits: bool | None = None
+    warnings: tuple[str, ...] = ()  # said at the start of the run, kept in the record
+
+
+def plan_warnings(profile: Profile, model: ModelInfo) -> tuple[str, ...]:
+    """What is legal but likely not what the user meant."""
+    out = []
+    if model.chat_template is False and any(p.endpoint == "chat" for p in profile.prompts):
+        out.append(f"{Path(model.path).name} has no chat template (tokenizer.chat_template), so chat prompts get "
+                   "llama-server's generic one and a base model tends to echo it: use endpoint = \"completion\" "
+                   "with text to continue, or an instruct model")
+    return tuple(out)
 
 
 def kv_estimate(model_path: Path, profile: Profile, k: str, v: str) -> float | None:
@@ -140,7 +151,7 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
     elif schedule == "auto":
         schedule = "alternate" if profile.run.repeats > 1 else "simultaneous"
     return Plan(profile, info, binary, server_version(binary), sides, chosen, reason, schedule,
-                need, budget, source, fits)
+                need, budget, source, fits, plan_warnings(profile, info))
 
 
 def overcommit(plan: Plan) -> str | None:

@@ -8,6 +8,7 @@ key gets a "did you mean" hint.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import math
@@ -177,7 +178,8 @@ class _Checker:
                 raise self.fail(full, "unknown key", hint)
             kind, allowed = schema[key]
             if not _is(value, kind):
-                raise self.fail(full, f"expected {_TYPE_NAMES.get(kind, kind)}, got {_show(value)}")
+                raise self.fail(full, f"expected {_TYPE_NAMES.get(kind, kind)}, got {_show(value)}",
+                                _type_hint(key, value, kind))
             if isinstance(value, float) and not math.isfinite(value):
                 raise self.fail(full, f"{value} is not a finite number")
             if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
@@ -195,6 +197,18 @@ class _Checker:
     def positive(self, value: int | float, where: str, minimum: float = 1) -> None:
         if value < minimum:
             raise self.fail(where, f"{value} is too small", f"use {minimum:g} or more")
+
+
+def _type_hint(key: str, value: Any, kind: Any) -> str:
+    """What to write instead: ``n_predict = "160"`` -> ``write n_predict = 160 (no quotes)``."""
+    if isinstance(value, str) and kind in (int, (int, float)):
+        with contextlib.suppress(ValueError):
+            return f"write {key} = {int(value) if kind is int else float(value):g} (no quotes)"
+    if isinstance(value, str) and kind is bool and value.lower() in ("true", "false"):
+        return f"write {key} = {value.lower()} (no quotes)"
+    if kind is str and not isinstance(value, dict | list):
+        return f'write {key} = "{value}" (in quotes)'
+    return f"give {_TYPE_NAMES.get(kind, kind)} here"
 
 
 def _is(value: Any, kind: Any) -> bool:
@@ -352,8 +366,12 @@ def load_profile(path: str | Path) -> Profile:
         raw = p.read_bytes()
     except FileNotFoundError:
         raise ProfileError(f"{p}: no such profile file", "check the path, or run `kvtui` for the demo") from None
+    except IsADirectoryError:
+        inside = sorted(p.glob("*.toml"), key=lambda f: (f.name != "demo.toml", f.name))
+        hint = f"give a profile file, e.g. {inside[0]}" if inside else "give a profile .toml file"
+        raise ProfileError(f"{p} is a folder, not a profile", hint) from None
     except OSError as exc:
-        raise ProfileError(f"{p}: cannot read: {exc.strerror}") from None
+        raise ProfileError(f"{p}: cannot read: {exc.strerror}", "check the file's permissions") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -363,6 +381,11 @@ def load_profile(path: str | Path) -> Profile:
     except RecursionError:  # tomllib recurses into nested arrays and tables
         raise ProfileError(f"{p}: not valid TOML: nested too deeply",
                            "a profile nests tables two levels at most") from None
+    schema = data.get("schema")
+    if isinstance(schema, str) and schema.startswith("kvtui.session/"):
+        raise ProfileError(f"{p} is a session record, not a profile",
+                           f"run the same comparison again with `kvtui run --from {p}`, or watch it with "
+                           f"`kvtui replay {p}`")
     return parse_profile(data, source=str(p), base_dir=p.parent)
 
 

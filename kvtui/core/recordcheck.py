@@ -10,7 +10,7 @@ _NUM = (int, float)
 _TOP: dict[str, Any] = {"created": str, "kvtui_version": str, "mode": str, "mode_reason": str, "schedule": str,
                         "status": str, "duration_s": _NUM, "host": dict, "server": dict, "model": dict,
                         "profile": dict, "sides": list, "error": str,
-                        "comparisons": list, "verdicts": list}
+                        "comparisons": list, "verdicts": list, "warnings": list}
 _SIDE: dict[str, Any] = {"name": str, "cache_type_k": str, "cache_type_v": str, "argv": list, "status": str,
                          "kv_cache_mib": _NUM, "kv_estimate_mib": _NUM, "vram_peak_mib": _NUM, "rss_peak_mib": _NUM,
                          "t_start": _NUM, "t_ready": _NUM, "t_exit": _NUM, "pid": int, "load_s": _NUM, "n_ctx": int,

@@ -96,7 +96,7 @@ def record_events(record: dict[str, Any]) -> list[Event]:
                              s.get("kv_estimate_mib")) for s in sides),
         model_path=model.get("path", ""), model_name=model.get("name", "?"), model_size_mib=model.get("size_mib", 0.0),
         model_arch=model.get("arch", "?"), server_bin=server.get("bin", ""), server_version=server.get("version", "?"),
-        created=record.get("created", ""), replay=True,
+        created=record.get("created", ""), replay=True, warnings=tuple(record.get("warnings", [])),
     )]
     end = float(record.get("duration_s", 0.0))
     for i, s in enumerate(sides):

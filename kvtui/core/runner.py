@@ -129,6 +129,7 @@ class Runner:
                 created=datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
                 sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib)
                             for s in p.sides),
+                warnings=p.warnings,
             ))
         for i in sides:
             self._aborted.discard(i)

@@ -111,6 +111,8 @@ class SessionRecorder:
             case SessionStarted():
                 d.update(created=event.created, mode=event.mode, mode_reason=event.mode_reason,
                          schedule=event.schedule)
+                if event.warnings:
+                    d["warnings"] = list(event.warnings)
                 d["server"] = {"bin": event.server_bin, "version": event.server_version}
                 d["model"] = {"path": event.model_path, "name": event.model_name, "size_mib": event.model_size_mib,
                               "arch": event.model_arch}

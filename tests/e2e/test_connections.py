@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from kvtui.core import client
+from kvtui.core.errors import ServerError
 from kvtui.core.events import ErrorRaised
 from kvtui.core.launch import prepare
 from kvtui.core.live import LiveSession
@@ -130,6 +131,6 @@ async def test_a_server_that_exits_without_a_log_on_a_held_port(tmp_path: Path, 
         srv.port = held.getsockname()[1]
         await srv.start()
         async with client.http_client() as http:
-            with pytest.raises(Exception) as info:
+            with pytest.raises(ServerError) as info:
                 await asyncio.wait_for(srv.wait_ready(http), 30)
-    assert info.value.message == "the port is already in use"  # type: ignore[attr-defined]
+    assert info.value.message == "the port is already in use"

@@ -221,3 +221,21 @@ def test_a_failing_nvml_probe_plans_against_ram(gemma: Path, profile) -> None:
     assert p.budget_source == "available RAM"
     p = make_plan(profile, gemma, BINARY, probe=FakeGpuProbe(0, fail=True))  # devices() raising
     assert p.budget_source == "available RAM"
+
+
+def test_chat_on_a_model_without_a_chat_template_is_warned() -> None:
+    """The bundled Gemma 3 270M is a base model with no tokenizer.chat_template: chat prompts echo the template."""
+    from kvtui.core.locate import bundled_model
+    from kvtui.core.modelinfo import read_model_info
+    from kvtui.core.plan import plan_warnings
+    from kvtui.core.profiles import parse_profile
+
+    info = read_model_info(bundled_model())
+    assert info.chat_template is False
+    sides = [{"name": "a", "cache_type_k": "q8_0", "cache_type_v": "q8_0"},
+             {"name": "b", "cache_type_k": "q4_0", "cache_type_v": "q4_0"}]
+    chat = parse_profile({"name": "c", "sides": sides, "prompt": {"endpoint": "chat", "text": "hi"}})
+    (warning,) = plan_warnings(chat, info)
+    assert "has no chat template" in warning and 'endpoint = "completion"' in warning
+    completion = parse_profile({"name": "c", "sides": sides, "prompt": {"text": "def f():"}})
+    assert plan_warnings(completion, info) == ()

@@ -156,3 +156,33 @@ def test_round_trip_to_dict() -> None:
     p = parse_profile(GOOD, source="p.toml")
     again = parse_profile(p.to_dict(), source="p.toml")
     assert dataclasses.replace(again, source="p.toml") == p
+
+
+@pytest.mark.parametrize("key,value,hint", [
+    ("sampling.n_predict", "160", "write n_predict = 160 (no quotes)"),
+    ("sampling.temperature", "0.7", "write temperature = 0.7 (no quotes)"),
+    ("run.warmup", "true", "write warmup = true (no quotes)"),
+    ("name", 5, 'write name = "5" (in quotes)'),
+    ("sampling.seed", [1], "give an integer here"),
+])
+def test_wrong_type_says_what_to_write(key: str, value, hint: str) -> None:
+    err = bad(with_(key, value))
+    assert "expected" in err.message and err.hint == hint
+
+
+def test_a_folder_given_as_a_profile_names_a_profile_inside(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError) as info:
+        load_profile(REPO / "profiles")
+    assert info.value.message == f"{REPO / 'profiles'} is a folder, not a profile"
+    assert info.value.hint == f"give a profile file, e.g. {REPO / 'profiles' / 'demo.toml'}"
+    with pytest.raises(ProfileError) as info:
+        load_profile(tmp_path)
+    assert info.value.hint == "give a profile .toml file"
+
+
+def test_a_record_given_as_a_profile_says_how_to_use_it() -> None:
+    record = REPO / "tests" / "data" / "sessions" / "demo.toml"
+    with pytest.raises(ProfileError) as info:
+        load_profile(record)
+    assert info.value.message == f"{record} is a session record, not a profile"
+    assert f"kvtui run --from {record}" in info.value.hint and f"kvtui replay {record}" in info.value.hint
