@@ -373,8 +373,9 @@ class Runner:
             if piece.top is not None:
                 state.tops.append(piece.top)
             self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
-            if piece.token_id is not None:
-                found = detector.feed(piece.token_id, piece.text)
+            key = piece.token_id if piece.token_id is not None else piece_key(piece.text)
+            if key is not None:
+                found = detector.feed(key, piece.text)
                 if found is not None and (state.loop is None or found.repeats != state.loop[2]):
                     state.loop = (found.period, found.start, found.repeats)
                     self._set(i, "looping")
@@ -439,6 +440,21 @@ class Runner:
         if any(v == "aborted" for v in values):
             return "aborted"
         return "done"
+
+
+def piece_key(text: str) -> int | None:
+    """A stand-in token id for a piece whose id the server did not send (a chat stream asks for no logprobs).
+
+    Chat streams carry token ids only with ``logprobs``, which would make the
+    server softmax and sort its whole vocabulary at every token (10+ ms for a
+    262k vocabulary) and so slow down the generation being measured. A chat
+    event usually carries one token's text (24 of 24 on b10434; a reasoning or
+    tool-call parser may merge some), so equal texts stand for equal tokens and
+    verbatim loops are still found, live. Keys stay clear of real ids (< 2**32).
+    """
+    import zlib
+
+    return (1 << 40) + zlib.crc32(text.encode("utf-8")) if text else None
 
 
 def _r(x: float | None) -> float | None:

@@ -106,3 +106,29 @@ def test_without_stop_on_loop_the_run_goes_to_n_predict(tmp_path: Path, server_b
         whole = find_loop(ids)
         if whole is not None and whole.start == loop["start"]:
             assert (whole.period, whole.repeats) == (loop["period"], loop["repeats"])
+
+
+def test_chat_runs_find_loops_without_token_ids(tmp_path: Path, server_binary, no_leftover_servers) -> None:
+    """A chat stream carries no token ids unless logprobs are asked for (which would slow the server at every
+    token), so loops are found on the streamed pieces: the base model, given a chat turn, echoes the generic
+    template and is stopped early on both sides."""
+    text = PROFILE.read_text()
+    profile = tmp_path / "loop-chat.toml"
+    profile.write_text(text.replace('endpoint = "completion"', 'endpoint = "chat"').replace(
+        '''text = """<start_of_turn>user
+Write a Python function `is_palindrome(s)` that ignores case and punctuation, with two pytest tests.<end_of_turn>
+<start_of_turn>model
+"""''', 'text = "Write a Python function `is_palindrome(s)` with two pytest tests."'))
+    assert 'endpoint = "chat"' in profile.read_text() and "<start_of_turn>" not in profile.read_text()
+    record = tmp_path / "chat.toml"
+    proc = _run(profile, record, server_binary.path, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "has no chat template" in out
+    data = read_record(record)
+    for side in data["sides"]:
+        (run,) = side["runs"]
+        assert set(run["ids"]) == {-1}, "chat runs ask for no logprobs: the ids are unknown"
+        assert run["stop"] == "loop", (side["name"], run["stop"], run["text"][-300:])
+        assert run["predicted_n"] < N_PREDICT
+        assert run["text"].endswith(run["pieces"][-1])
