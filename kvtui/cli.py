@@ -162,20 +162,19 @@ def replay(path: str, speed: float, headless: bool) -> int:
 
 
 def run_headless(prepared: object) -> int:
-    """Run a prepared session with the headless console; returns the exit code."""
+    """Run a prepared session with the headless console; returns the exit code.
+
+    The same ``LiveSession`` as the app drives the runner and the recorder;
+    the console is one more sink of its events.
+    """
     from .core.launch import Prepared
-    from .core.runner import Runner
+    from .core.live import LiveSession
     from .headless import HeadlessConsole
 
     assert isinstance(prepared, Prepared)
     console = HeadlessConsole(wide_console())
-    recorder = prepared.recorder
-
-    def sink(event: object) -> None:
-        recorder.handle(event)  # type: ignore[arg-type]
-        console.handle(event)  # type: ignore[arg-type]
-
-    runner = Runner(prepared.plan, sink, log_dir=prepared.log_dir, probe=prepared.probe)
+    session = LiveSession(prepared)
+    session.sinks.append(console.handle)
 
     async def main_task() -> str:
         loop = asyncio.get_running_loop()
@@ -183,24 +182,24 @@ def run_headless(prepared: object) -> int:
         assert task is not None
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, task.cancel)
-        return await runner.run()
+        return await session.run()
 
     try:
         status = asyncio.run(main_task())
     except (asyncio.CancelledError, KeyboardInterrupt):
         status = "aborted"
-        runner.kill_all_now()
-        recorder.finalize_partial("aborted")
+        session.kill_now()
+        session.recorder.finalize_partial("aborted")
         console.close()
         console.console.print("[red]interrupted: servers stopped, partial record saved[/]")
     except Exception:  # kvtui itself failed: servers stopped (finally), and the record says how far it got
-        runner.kill_all_now()
-        recorder.finalize_partial("aborted")
+        session.kill_now()
+        session.recorder.finalize_partial("aborted")
         console.close()
         raise
     finally:
-        runner.kill_all_now()
-    console.print_summary(recorder.data, str(prepared.record_path) if prepared.record_path else None)
+        session.kill_now()
+    console.print_summary(session.recorder.data, str(prepared.record_path) if prepared.record_path else None)
     return EXIT_OK if status == "done" else EXIT_RUN_FAILED
 
 

@@ -42,7 +42,7 @@ from .events import (
 from .loops import LoopDetector
 from .plan import Plan
 from .profiles import Prompt
-from .server import LlamaServer
+from .server import LlamaServer, Server
 from .serverlog import tail
 
 Sink = Callable[[Event], None]
@@ -88,7 +88,7 @@ class Runner:
         self.probe = probe
         self.clock = clock
         self.t0 = clock()
-        self.servers: dict[int, LlamaServer] = {}
+        self.servers: dict[int, Server] = {}
         self.status: dict[int, str] = {i: "waiting" for i in range(len(plan.sides))}
         self._requests: dict[int, asyncio.Task[None]] = {}
         self._aborted: set[int] = set()
@@ -194,7 +194,7 @@ class Runner:
             assert self._http is not None
             ready = await srv.wait_ready(self._http)
         except ServerError as exc:
-            self._fail(i, exc, "crashed" if srv.proc is not None else "error")
+            self._fail(i, exc, "crashed" if srv.started else "error")
             return False
         self.emit(ServerReady(self.now(), i, ready.pid, round(ready.load_s, 3), ready.n_ctx, ready.build,
                               ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings))
@@ -224,9 +224,9 @@ class Runner:
 
     async def _stop(self, i: int) -> None:
         srv = self.servers.get(i)
-        if srv is None or srv.proc is None:
+        if srv is None or not srv.started:
             return
-        was_running = srv.proc.returncode is None
+        was_running = srv.alive
         rc = await srv.stop()
         if was_running:
             self.emit(ServerExited(self.now(), i, rc, expected=True))
@@ -234,13 +234,12 @@ class Runner:
     async def _settle(self, i: int, timeout_s: float = 2.0) -> None:
         """After a failed request, give a dying server a moment to exit, so the cause comes from its log."""
         srv = self.servers.get(i)
-        if srv is not None and srv.proc is not None and srv.proc.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(srv.proc.wait()), timeout_s)
+        if srv is not None and srv.alive:
+            await srv.wait_exit(timeout_s)
 
     def _dead(self, i: int) -> bool:
         srv = self.servers.get(i)
-        return srv is not None and srv.proc is not None and srv.proc.returncode is not None
+        return srv is not None and srv.exited
 
     def _explain(self, i: int, exc: Exception) -> KvtuiError:
         """A crash mid-request shows as an HTTP error; the log says why."""
@@ -256,10 +255,9 @@ class Runner:
         self._set(i, status)
         self.emit(ErrorRaised(self.now(), i, exc.message, exc.hint))
         srv = self.servers.get(i)
-        if srv is not None and srv.proc is not None and srv.proc.returncode is not None and not srv.stopping:
+        if srv is not None and srv.exited and srv.claim_exit_report():
             log_tail = getattr(exc, "log_tail", ()) or tail(srv.log_text())
-            self.emit(ServerExited(self.now(), i, srv.proc.returncode, expected=False, log_tail=log_tail))
-            srv._stopping = True  # reported once
+            self.emit(ServerExited(self.now(), i, srv.exit_code, expected=False, log_tail=log_tail))
         self.emit(SideFinished(self.now(), i, status))  # type: ignore[arg-type]
 
     # -- measuring ------------------------------------------------------------------------------
@@ -354,7 +352,7 @@ class Runner:
             self._set(i, "aborted")
             self.emit(SideFinished(self.now(), i, "aborted"))
 
-    async def _consume(self, i: int, run: int, srv: LlamaServer, path: str, body: dict, state: _RunState) -> None:
+    async def _consume(self, i: int, run: int, srv: Server, path: str, body: dict, state: _RunState) -> None:
         detector = LoopDetector()
         stop_on_loop = self.plan.profile.run.stop_on_loop
         assert self._http is not None
@@ -418,7 +416,7 @@ class Runner:
         while True:
             await asyncio.sleep(MEMORY_INTERVAL_S)
             pids = {i: s.pid for i, s in self.servers.items()
-                    if s.pid is not None and s.proc is not None and s.proc.returncode is None}
+                    if s.pid is not None and s.alive}
             if not pids:
                 continue
             try:

@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,95 @@ class Ready:
     facts: LogFacts
 
 
-class LlamaServer:
+class Server(ABC):
+    """What the runner needs from a side's llama-server, however it came to be.
+
+    ``LlamaServer`` (below) is a process kvtui starts and owns. A server
+    attached by URL, or one placed on a given GPU, is another subclass: the
+    runner only ever talks to this interface.
+    """
+
+    base_url: str
+    api_key: str
+    log_path: Path | None
+    _exit_reported: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers every request to this server carries."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    @abstractmethod
+    def argv(self) -> list[str]:
+        """The command line as recorded (secrets masked); empty when kvtui did not start it."""
+
+    @property
+    @abstractmethod
+    def pid(self) -> int | None:
+        """The local process id, when there is a local process kvtui knows."""
+
+    @property
+    @abstractmethod
+    def started(self) -> bool:
+        """Whether it got as far as a running process (False: it could not even be spawned)."""
+
+    @property
+    @abstractmethod
+    def exit_code(self) -> int | None:
+        """The exit status once it has ended, else None."""
+
+    @property
+    def exited(self) -> bool:
+        """It was running and has ended."""
+        return self.exit_code is not None
+
+    @property
+    def alive(self) -> bool:
+        return self.started and not self.exited
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Bring it up (spawn a process, or nothing for a server that is already running)."""
+
+    @abstractmethod
+    async def wait_ready(self, http: httpx.AsyncClient, timeout_s: float = 600.0) -> Ready:
+        """Wait until it serves; raise ServerError with cause and fix if it never will."""
+
+    @abstractmethod
+    async def wait_exit(self, timeout_s: float) -> bool:
+        """Give a dying server up to ``timeout_s`` to end; returns whether it has ended."""
+
+    @abstractmethod
+    async def stop(self, grace_s: float = 5.0) -> int | None:
+        """End it if kvtui owns it; returns the exit code where there is one."""
+
+    @abstractmethod
+    def failure(self) -> ServerError:
+        """Why it ended, with cause, fix and log tail (call once it has ended)."""
+
+    @abstractmethod
+    def log_text(self) -> str:
+        """Its log so far ("" where kvtui cannot see one)."""
+
+    @abstractmethod
+    def kill_now(self) -> None:
+        """Synchronous last resort (signal handlers, atexit)."""
+
+    def claim_exit_report(self) -> bool:
+        """True the first time an unexpected exit is to be reported, so it is reported once."""
+        if self._exit_reported or self.stopping:
+            return False
+        self._exit_reported = True
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        """kvtui asked it to stop: its exit is expected."""
+        return False
+
+
+class LlamaServer(Server):
     """A llama-server child process owned by kvtui.
 
     Args:
@@ -148,8 +237,24 @@ class LlamaServer:
         return self.proc.pid if self.proc else None
 
     @property
+    def started(self) -> bool:
+        return self.proc is not None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.proc.returncode if self.proc else None
+
+    @property
     def stopping(self) -> bool:
         return self._stopping
+
+    async def wait_exit(self, timeout_s: float) -> bool:
+        if self.proc is None:
+            return False
+        if self.proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout_s)
+        return self.proc.returncode is not None
 
     async def start(self) -> None:
         """Spawn the process; its output goes to ``log_path``."""
@@ -207,10 +312,6 @@ class LlamaServer:
             n_ctx = props.get("default_generation_settings", {}).get("n_ctx")
             build = str(props.get("build_info", ""))
         return Ready(self.proc.pid, load_s, n_ctx, build, parse_log(self.log_text()))
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
 
     def failure(self) -> ServerError:
         """A ServerError describing why the process ended, read from its complete log.
