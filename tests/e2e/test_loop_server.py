@@ -51,7 +51,8 @@ def test_stop_on_loop_stops_each_side_early(tmp_path: Path, server_binary, no_le
         # server's own count at the last chunk received
         assert len(ids) == len(counts) == len(run["pieces"]) > 0
         assert counts == sorted(counts) and run["predicted_n"] == counts[-1]
-        assert counts[-1] <= N_PREDICT // 2, f"{side['name']} stopped only after {counts[-1]} tokens"
+        # the README's claim: both sides stop within 110 of the 400 tokens (b10434: 104-107, b11434: 72-78)
+        assert counts[-1] <= 110, f"{side['name']} stopped only after {counts[-1]} tokens"
         assert -1 not in ids  # every chunk named its token, so the detector saw them all
 
         loop = run["loop"]
