@@ -152,11 +152,11 @@ def replay(path: str, speed: float, headless: bool) -> int:
         console = HeadlessConsole(wide_console(), live=False)
         replayer.sinks.append(console.handle)
         asyncio.run(replayer.run())
-        console.print_summary(replayer.recorder.data, None)
+        console.print_summary(replayer.recorder.record, None)
         return EXIT_OK
     from .ui.app import KvtuiApp
 
-    label = "replay " + str(record.get("created", ""))[:10]
+    label = "replay " + record.created[:10]
     code = KvtuiApp(replayer, replay_label=label).run()
     return code if isinstance(code, int) else EXIT_OK
 
@@ -200,7 +200,7 @@ def run_headless(prepared: object) -> int:
         raise
     finally:
         runner.kill_all_now()
-    console.print_summary(recorder.data, str(prepared.record_path) if prepared.record_path else None)
+    console.print_summary(recorder.record, str(prepared.record_path) if prepared.record_path else None)
     return EXIT_OK if status == "done" else EXIT_RUN_FAILED
 
 

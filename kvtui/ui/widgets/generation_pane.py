@@ -117,11 +117,14 @@ class GenerationPane(Vertical):
         subtitle = f"[{style}] {status} [/]" if style else f" {status} "
         if self._changed("subtitle", subtitle):
             self.border_subtitle = subtitle
-        # once a run ends: the server's own rate, or kvtui's when the server sent none (aborted, loop)
-        final = (s.predicted_per_second or s.meter.average) if s.stop is not None else None
-        gauge = (s.meter.current(now), s.meter.average, tuple(s.rates), final)
+        # once a run ends: the server's own rate, or kvtui's (marked) when the server sent none (aborted, loop)
+        own = s.stop is not None and s.predicted_per_second is None
+        final = None
+        if s.stop is not None:
+            final = s.predicted_per_second if not own else (s.client_tokens_per_second or s.meter.average)
+        gauge = (s.meter.current(now), s.meter.average, tuple(s.rates), final, own)
         if self._changed("gauge", gauge):
-            self.query_one(RateGauge).show(gauge[0], gauge[1], s.rates, final)
+            self.query_one(RateGauge).show(gauge[0], gauge[1], s.rates, final, own=own)
         figures = self._figures()
         if self._changed("figures", figures.plain):
             self.query_one(".pane-figures", Static).update(figures)
