@@ -46,7 +46,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _keys(cls: type) -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("recorded", True)]
+    return [f for f in dataclasses.fields(cls) if f.metadata["recorded"]]  # every field is declared with key()
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     hints = _hints(cls)
     for f in _keys(cls):
         tp = hints[f.name]
-        rows.append((prefix + f.name, _type_name(tp), f.metadata.get("doc", "")))
+        rows.append((prefix + f.name, _type_name(tp), f.metadata["doc"]))
         inner = tp
         if typing.get_origin(tp) in (types.UnionType, typing.Union):
             inner = next(a for a in typing.get_args(tp) if a is not type(None))
