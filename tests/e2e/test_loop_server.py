@@ -66,8 +66,8 @@ def test_stop_on_loop_stops_each_side_early(tmp_path: Path, server_binary, no_le
         assert cycle and run.text.endswith(cycle * 2)
 
         # the headless console said so, in the side's own line
-        line = (f"repetition loop: {loop['period']}-token cycle from token {loop['start']}, "
-                f"x{loop['repeats']} so far")
+        line = (f"repetition loop: {loop.period}-token cycle from token {loop.start}, "
+                f"x{loop.repeats} so far")
         assert any(side.name in ln and line in ln for ln in out.splitlines()), out
         assert "stop: loop" in out
 
