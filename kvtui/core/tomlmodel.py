@@ -155,8 +155,9 @@ def _value(tp: Any, value: Any, path: str, source: str) -> Any:
             raise _wrong(path, value, source)
         return value
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise RecordError(f"{source}: {path} is not a table", DAMAGED)
+        if not isinstance(value, dict):  # an item of an array of tables, or a key that should be a table
+            raise RecordError(f"{source}: {path} is not a table", DAMAGED) if path.endswith("]") else _wrong(
+                path, value, source)
         return load(tp, value, f"{path}.", source)  # type: ignore[arg-type]
     raise TypeError(f"{path}: no TOML reading for {tp!r}")  # a declaration kvtui itself got wrong
 
