@@ -165,6 +165,7 @@ def run_headless(prepared: object) -> int:
     """Run a prepared session with the headless console; returns the exit code."""
     from .core.launch import Prepared
     from .core.runner import Runner
+    from .core.vocab import SessionStatus
     from .headless import HeadlessConsole
 
     assert isinstance(prepared, Prepared)
@@ -188,20 +189,20 @@ def run_headless(prepared: object) -> int:
     try:
         status = asyncio.run(main_task())
     except (asyncio.CancelledError, KeyboardInterrupt):
-        status = "aborted"
+        status = SessionStatus.ABORTED
         runner.kill_all_now()
-        recorder.finalize_partial("aborted")
+        recorder.finalize_partial(SessionStatus.ABORTED)
         console.close()
         console.console.print("[red]interrupted: servers stopped, partial record saved[/]")
     except Exception:  # kvtui itself failed: servers stopped (finally), and the record says how far it got
         runner.kill_all_now()
-        recorder.finalize_partial("aborted")
+        recorder.finalize_partial(SessionStatus.ABORTED)
         console.close()
         raise
     finally:
         runner.kill_all_now()
     console.print_summary(recorder.record, str(prepared.record_path) if prepared.record_path else None)
-    return EXIT_OK if status == "done" else EXIT_RUN_FAILED
+    return EXIT_OK if status == SessionStatus.DONE else EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

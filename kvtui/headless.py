@@ -192,7 +192,7 @@ def loops_cell(s: SideSummary) -> str:
 def legend_lines(summaries: list[SideSummary]) -> list[str]:
     """What the table's figures are, where it is not plain: contention, kvtui's own rates, runs left out, loops."""
     out = []
-    if len(summaries) > 1 and any("simultaneous" in s.schedule for s in summaries):
+    if len(summaries) > 1 and any(s.contended for s in summaries):
         out.append("figures from simultaneous generation: the servers shared the hardware")
     if any(s.tg_own for s in summaries):
         out.append("~ (kvtui): kvtui's own rate; the server sent no timings for runs cut short")

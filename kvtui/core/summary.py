@@ -25,7 +25,7 @@ from .divergence import compare as compare_runs
 from .metrics import Spread, pct_change, spread
 from .record import Comparison, Run, SessionRecord, Side, Verdict
 from .stats import PairedVerdict, paired_pass, paired_speed
-from .vocab import CLEAN_STOPS, Schedule
+from .vocab import CLEAN_STOPS, Schedule, StopReason
 
 
 def kind(schedule: Schedule | str | None) -> str:
@@ -72,6 +72,7 @@ class SideSummary:
     tg_own: bool = False  # tg is kvtui's client rate: the server sent no timings for any of these runs
     schedule: str = "-"  # how the speed figures were taken ("simultaneous", "solo", "alternate", "solo/alternate")
     left_out: int = 0  # measured runs of another kind, not mixed into the speed figures
+    contended: bool = False  # the speed figures come from simultaneous runs: the servers shared the hardware
 
     @property
     def loops_per_100(self) -> float | None:
@@ -114,7 +115,7 @@ def summarize_side(side: Side) -> SideSummary:
         stops=tuple(str(r.stop) for r in runs), loops=sum(1 for r in runs if r.loop is not None), error=side.error,
         answers_right=sum(1 for ok in checked if ok), answers_checked=len(checked), reply_loop=reply_loop(runs),
         tg_own=own and any(r.client_tokens_per_second is not None for r in fast), schedule=_schedules(fast),
-        left_out=len(measured) - len(fast),
+        left_out=len(measured) - len(fast), contended=bool(fast) and kind(fast[-1].schedule) == "simultaneous",
     )
 
 
@@ -312,7 +313,8 @@ def verdicts(record: SessionRecord) -> list[tuple[str, str, PairedVerdict]]:
     out = []
     sides = record.sides
     for other in range(1, len(sides)):
-        pairs = [(a, b) for a, b in speed_pairs(record, 0, other) if a.stop != "error" and b.stop != "error"]
+        pairs = [(a, b) for a, b in speed_pairs(record, 0, other)
+                 if a.stop != StopReason.ERROR and b.stop != StopReason.ERROR]
         if not pairs:
             continue
         names = (sides[0].name, sides[other].name)

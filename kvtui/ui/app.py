@@ -26,7 +26,7 @@ from ..core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
 from ..core.events import Event
 from ..core.state import SessionState
 from ..core.summary import comparisons, summarize, verdicts
-from ..core.vocab import FAILED
+from ..core.vocab import FAILED, SessionStatus
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .screens.server_log import ServerLogScreen
@@ -320,7 +320,7 @@ class KvtuiApp(App[int]):
     def _finalize(self) -> None:
         finalize = getattr(getattr(self.session, "recorder", None), "finalize_partial", None)
         if finalize is not None:
-            finalize("aborted")
+            finalize(SessionStatus.ABORTED)
 
     async def action_quit(self) -> None:
         """Stop the servers, save the record, leave."""
@@ -352,5 +352,5 @@ def run_app(prepared: Any, force: bool = False) -> int:
         code = app.run()
     finally:  # however the app ended (an exception too): no server left, the record finalized
         session.kill_now()
-        session.recorder.finalize_partial("aborted")
+        session.recorder.finalize_partial(SessionStatus.ABORTED)
     return code if isinstance(code, int) else EXIT_OK

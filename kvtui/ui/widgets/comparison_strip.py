@@ -39,7 +39,7 @@ class ComparisonStrip(Static):
         clean = [s.name for s in done if clean_finish(s)]
         t.append("· clean finish: ", style="dim")
         t.append(", ".join(clean) if clean else "none", style="bold")
-        if any("simultaneous" in s.schedule for s in done):
+        if any(s.contended for s in done):
             t.append("  · simultaneous: the servers shared the hardware", style="yellow")
         for base, other, v in verdicts:
             if v.pairs > 1:
