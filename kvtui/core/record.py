@@ -1,16 +1,13 @@
 """The session record: one typed model, the only writer and reader of the TOML file.
 
-A record is a :class:`SessionRecord` holding :class:`Side` s, each holding
-:class:`Run` s. Every key is declared once, below, with its type, default and
-meaning; reading checks every value against the declared type (a one-line
-``RecordError`` naming the key), writing leaves out what is unknown (TOML has
-no null), and the README's key table is made from the same declarations
-(``python -m kvtui.core.record``). :class:`RunAccumulator` builds a run while it
-streams; the runner and the recorder each keep one per streaming run.
+A record is a :class:`SessionRecord` holding :class:`Side` s, each holding :class:`Run` s. Every key is
+declared once, below, with its type, default and meaning: reading checks each value against its type
+(a one-line ``RecordError`` naming the key), writing leaves out what is unknown (TOML has no null), and
+the README's key table is the same declarations (``python -m kvtui.core.record``). A
+:class:`RunAccumulator` builds a run while it streams (the runner's, and the recorder's for autosaves).
 
-``kvtui.session/2`` adds each run's ``schedule`` and the loop's text; a
-``kvtui.session/1`` record is read as /2 with every run taking the session's
-schedule.
+``kvtui.session/2`` adds each run's ``schedule`` and the loop's text; a ``kvtui.session/1`` record is
+read as /2, every run taking the session's schedule.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ import tomli_w
 from .checks import TaskCheck
 from .errors import RecordError
 from .loops import Loop
-from .tomlmodel import describe, dump, key, load
+from .tomlmodel import dump, key, load, markdown_table
 from .vocab import FAILED, Schedule, SessionStatus, SideStatus, StopReason
 
 SCHEMA = "kvtui.session/2"
@@ -250,9 +247,6 @@ class RunAccumulator:
         prompt, repeat, seed, schedule: as in :class:`Run`.
     """
 
-    __slots__ = ("run", "t_sent", "prompt", "repeat", "seed", "schedule", "pieces", "t_ms", "ids", "counts",
-                 "tops", "first", "last", "loop")
-
     def __init__(self, run: int, t_sent: float, prompt: str = "", repeat: int = 0, seed: int | None = None,
                  schedule: Schedule | None = None) -> None:
         self.run, self.t_sent, self.prompt, self.repeat, self.seed, self.schedule = (
@@ -262,9 +256,9 @@ class RunAccumulator:
         self.ids: list[int] = []
         self.counts: list[int] = []
         self.tops: list[tuple[tuple[int, float], ...]] = []
-        self.first: tuple[float, int] | None = None  # (time, server count) of the first piece
+        self.first: tuple[float, int] | None = None  # (time, server count) of the first and last pieces
         self.last: tuple[float, int] | None = None
-        self.loop: Loop | None = None
+        self.loop: Loop | None = None  # the runner sets it as its detector reports
 
     def add(self, t: float, n: int, text: str, token_id: int | None = None,
             top: tuple[tuple[int, float], ...] | None = None) -> None:
@@ -396,9 +390,7 @@ def _upgrade_v1(record: SessionRecord) -> SessionRecord:
 
 def keys_markdown() -> str:
     """The README's key table, made from the declarations above."""
-    rows = ["| key | type | meaning |", "|---|---|---|"]
-    rows += [f"| `{name}` | {kind} | {doc} |" for name, kind, doc in describe(SessionRecord)]
-    return "\n".join(rows) + "\n"
+    return markdown_table(SessionRecord)
 
 
 if __name__ == "__main__":  # pragma: no cover - prints the README's table

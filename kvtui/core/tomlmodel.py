@@ -184,6 +184,13 @@ def _type_name(tp: Any) -> str:
     return {str: "string", int: "integer", float: "number", bool: "true / false"}.get(tp, str(tp))
 
 
+def markdown_table(cls: type) -> str:
+    """``describe(cls)`` as a Markdown table: key, type, meaning."""
+    rows = ["| key | type | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | {kind} | {doc} |" for name, kind, doc in describe(cls)]
+    return "\n".join(rows) + "\n"
+
+
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     """Every key of ``cls`` and of the tables in it: (key path, type, meaning), in declaration order."""
     rows = []
