@@ -189,7 +189,7 @@ def loops_cell(s: SideSummary) -> str:
     return text
 
 
-def legend_lines(summaries: list[SideSummary]) -> list[str]:
+def legend_lines(summaries: list[SideSummary], loops_column: bool = True) -> list[str]:
     """What the table's figures are, where it is not plain: contention, kvtui's own rates, runs left out, loops."""
     out = []
     if len(summaries) > 1 and any(s.contended for s in summaries):
@@ -197,7 +197,7 @@ def legend_lines(summaries: list[SideSummary]) -> list[str]:
     if any(s.tg_own for s in summaries):
         out.append("~ (kvtui): kvtui's own rate; the server sent no timings for runs cut short")
     out += [s.note for s in summaries if s.note]
-    if any(s.runs > 1 for s in summaries):
+    if loops_column and any(s.runs > 1 for s in summaries):
         out.append("loops: runs that looped / runs (per 100 runs)")
     return out
 

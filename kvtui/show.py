@@ -115,7 +115,7 @@ def _print_record(out: Console, path: str, rec: SessionRecord) -> None:
                   _fmt(s.kv_mib), f"{_fmt(s.mem_peak_mib)} {s.mem_kind}" if s.mem_peak_mib else "-",
                   ", ".join(s.stops) or s.status, loop)
     out.print(t)
-    for line in legend_lines(summaries):
+    for line in legend_lines(summaries, loops_column=False):
         out.print(f"  [dim]{escape(line)}[/]")
     _print_verdict(out, rec, summaries)
     out.print()

@@ -160,7 +160,7 @@ class SessionRecorder:
                 if not event.expected:
                     s.log_tail = event.log_tail
             case SideFinished():
-                self.side(event.side).status = event.status
+                self.side(event.side).status = SideStatus(event.status)
                 if rec.status != SessionStatus.RUNNING:  # a rerun after the session finished
                     rec.status = session_status([s.status for s in rec.sides])
                     self._derive()

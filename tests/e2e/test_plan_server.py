@@ -184,3 +184,27 @@ async def test_app_asks_before_a_parallel_run_that_will_not_fit(tmp_path: Path, 
         await pilot.press("q")
     data = read_record(tmp_path / "yes.toml")
     assert data.mode == "parallel" and [s.status for s in data.sides] == ["done", "done"]
+
+
+def test_a_rerun_of_one_side_is_solo_and_not_compared_with_contended_runs(tmp_path: Path, server_binary,
+                                                                          no_leftover_servers) -> None:
+    """The rerun side runs alone (`solo`) while its partner's run was `simultaneous`: each run says how it was
+    measured, and the comparison says the speed figures cannot be compared instead of mixing them."""
+    from kvtui.core.summary import comparisons
+
+    prepared = prepare(str(demo_profile(tmp_path, n_predict=16)), server_bin=str(server_binary.path),
+                       record=str(tmp_path / "r.toml"))
+    live = LiveSession(prepared)
+
+    async def run_then_rerun() -> tuple[str, str]:
+        return await live.run(), await live.rerun(0)
+
+    assert asyncio.run(run_then_rerun()) == ("done", "done")
+    data = read_record(tmp_path / "r.toml")
+    assert data.schedule == "simultaneous" and data.status == "done"
+    first, second = data.sides
+    assert [r.schedule for r in first.runs] == ["simultaneous", "solo"] and [r.run for r in first.runs] == [0, 1]
+    assert [r.schedule for r in second.runs] == ["simultaneous"]
+    (c,) = comparisons(data)
+    assert c.line().endswith("; tg, pp, TTFT not compared: simultaneous vs solo runs"), c.line()
+    assert "KV -47%" in c.line()
