@@ -49,10 +49,10 @@ def rate_fidelity(runs: int) -> list[float]:
     prepared = prepare(prof, no_record=True)
     asyncio.run(LiveSession(prepared).run())
     ratios = []
-    for side in prepared.recorder.data["sides"]:
-        for r in side["runs"]:
-            if r.get("predicted_per_second") and r.get("client_tokens_per_second"):
-                ratios.append(r["client_tokens_per_second"] / r["predicted_per_second"])
+    for side in prepared.recorder.record.sides:
+        for r in side.runs:
+            if r.predicted_per_second and r.client_tokens_per_second:
+                ratios.append(r.client_tokens_per_second / r.predicted_per_second)
     return ratios
 
 

@@ -38,6 +38,7 @@ from kvtui.core.events import (  # noqa: E402
     SideInfo,
     TokenReceived,
 )
+from kvtui.core.record import Run  # noqa: E402
 from kvtui.ui.app import KvtuiApp  # noqa: E402
 
 WORDS = ("def", " value", " =", " compute", "(", "x", ")", "\n", "    return", " x", " *", " 2", "\n\n", " #", " note")
@@ -84,7 +85,9 @@ class SyntheticSession:
             await asyncio.sleep(step)
         self.sent = n
         for i in (0, 1):
-            self.emit(RunFinished(self.now(), i, 0, "length", 10, 100.0, n, self.rate, 10.0, self.rate, ""))
+            self.emit(RunFinished(self.now(), i, Run(0, "length", prompt_n=10, prompt_per_second=100.0, predicted_n=n,
+                                                     predicted_per_second=self.rate, ttft_ms=10.0,
+                                                     client_tokens_per_second=self.rate)))
             self.emit(SideFinished(self.now(), i, "done"))
         self.emit(SessionFinished(self.now(), "done"))
         return "done"

@@ -152,11 +152,11 @@ def replay(path: str, speed: float, headless: bool) -> int:
         console = HeadlessConsole(wide_console(), live=False)
         replayer.sinks.append(console.handle)
         asyncio.run(replayer.run())
-        console.print_summary(replayer.recorder.data, None)
+        console.print_summary(replayer.recorder.record, None)
         return EXIT_OK
     from .ui.app import KvtuiApp
 
-    label = "replay " + str(record.get("created", ""))[:10]
+    label = "replay " + record.created[:10]
     code = KvtuiApp(replayer, replay_label=label).run()
     return code if isinstance(code, int) else EXIT_OK
 
@@ -169,6 +169,7 @@ def run_headless(prepared: object) -> int:
     """
     from .core.launch import Prepared
     from .core.live import LiveSession
+    from .core.vocab import SessionStatus
     from .headless import HeadlessConsole
 
     assert isinstance(prepared, Prepared)
@@ -187,20 +188,20 @@ def run_headless(prepared: object) -> int:
     try:
         status = asyncio.run(main_task())
     except (asyncio.CancelledError, KeyboardInterrupt):
-        status = "aborted"
+        status = SessionStatus.ABORTED
         session.kill_now()
-        session.recorder.finalize_partial("aborted")
+        session.recorder.finalize_partial(SessionStatus.ABORTED)
         console.close()
         console.console.print("[red]interrupted: servers stopped, partial record saved[/]")
     except Exception:  # kvtui itself failed: servers stopped (finally), and the record says how far it got
         session.kill_now()
-        session.recorder.finalize_partial("aborted")
+        session.recorder.finalize_partial(SessionStatus.ABORTED)
         console.close()
         raise
     finally:
         session.kill_now()
-    console.print_summary(session.recorder.data, str(prepared.record_path) if prepared.record_path else None)
-    return EXIT_OK if status == "done" else EXIT_RUN_FAILED
+    console.print_summary(session.recorder.record, str(prepared.record_path) if prepared.record_path else None)
+    return EXIT_OK if status == SessionStatus.DONE else EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

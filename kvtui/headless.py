@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -24,8 +23,9 @@ from .core.events import (
     SideWaiting,
     WarmupDone,
 )
+from .core.record import SessionRecord
 from .core.state import SessionState
-from .core.summary import clean_finish, comparison_line, summarize, verdicts
+from .core.summary import SideSummary, clean_finish, comparisons, summarize, verdicts
 
 
 class HeadlessConsole:
@@ -83,13 +83,16 @@ class HeadlessConsole:
                     self.say(e.side, f"repetition loop: {e.period}-token cycle from token {e.start}, "
                                      f"x{e.repeats} so far", "bold red")
             case RunFinished():
-                if e.predicted_per_second is not None:
-                    tps = f"{e.predicted_per_second:.1f}"
-                else:  # cut short (abort, loop): the server sent no timings; "~" marks kvtui's own rate
-                    tps = f"~{e.client_tokens_per_second:.1f}" if e.client_tokens_per_second else "?"
-                pps = f"{e.prompt_per_second:.1f}" if e.prompt_per_second is not None else "?"
-                self.say(e.side, f"run {e.run + 1}: {e.predicted_n} tokens, tg {tps} t/s, pp {pps} t/s, "
-                                 f"stop: {e.stop}")
+                r = e.result
+                if r.predicted_per_second is not None:
+                    tps = f"{r.predicted_per_second:.1f} t/s"
+                else:  # cut short (abort, loop): the server sent no timings; kvtui's own rate, marked
+                    tps = f"~{r.client_tokens_per_second:.1f} t/s (kvtui)" if r.client_tokens_per_second else "?"
+                pps = f"{r.prompt_per_second:.1f}" if r.prompt_per_second is not None else "?"
+                planned = self.state.started.schedule if self.state.started else None
+                how = f", {r.schedule}" if r.schedule and planned and r.schedule != planned else ""  # e.g. solo
+                self.say(e.side, f"run {r.run + 1}: {r.predicted_n} tokens, tg {tps}, pp {pps} t/s, "
+                                 f"stop: {r.stop}{how}")
             case ErrorRaised():
                 self.say(e.side, f"error: {escape(e.message)}", "bold red")
                 if e.hint:
@@ -132,7 +135,7 @@ class HeadlessConsole:
             t.add_row(s.name, s.cache_label, s.status, str(s.tokens), f"{rate:.1f}" if rate else "-", mem, loop)
         return t
 
-    def print_summary(self, record: dict[str, Any], path: str | None) -> None:
+    def print_summary(self, record: SessionRecord, path: str | None) -> None:
         """The final side-by-side table (a matrix with more sides), verdicts, divergence, the record path."""
         summaries = summarize(record)
         answers = any(s.answers_checked for s in summaries)
@@ -149,21 +152,17 @@ class HeadlessConsole:
             if s.kv_estimate_mib is not None:
                 kv += f" (est {s.kv_estimate_mib:.2f})"
             mem = f"{s.mem_peak_mib:.0f} {s.mem_kind}" if s.mem_peak_mib is not None else "-"
-            row = [s.name, s.cache, str(s.pp or "-"), str(s.tg or "-"), str(s.ttft_ms or "-"), str(s.tokens or "-"),
-                   kv, mem]
+            row = [s.name, s.cache, str(s.pp or "-"), s.tg_text, str(s.ttft_ms or "-"), str(s.tokens or "-"), kv, mem]
             if answers:
                 row.append(f"{s.answers_right}/{s.answers_checked}" if s.answers_checked else "-")
-            loops = f"{s.loops}/{s.runs}" if s.runs else "-"
-            if s.runs > 1 and s.loops_per_100 is not None:
-                loops += f" ({s.loops_per_100:.0f}/100)"
-            row += [loops, _stops(s.stops) or s.status]
+            row += [loops_cell(s), _stops(s.stops) or s.status]
             t.add_row(*row)
         self.console.print(t)
-        if record.get("schedule") == "simultaneous" and len(summaries) > 1:
-            self.console.print("[dim]figures from simultaneous generation: the servers shared the hardware[/]")
+        for line in legend_lines(summaries):
+            self.console.print(f"[dim]{escape(line)}[/]")
         if len(summaries) >= 2:
-            for other in summaries[1:]:
-                self.console.print(comparison_line(summaries[0], other))
+            for c in comparisons(record):
+                self.console.print(escape(c.line()))
             clean = [s.name for s in summaries if clean_finish(s)]
             self.console.print(f"clean finish: {', '.join(clean) if clean else 'none'}")
         found = verdicts(record)
@@ -182,6 +181,29 @@ class HeadlessConsole:
             self.console.print(f"record: {path}")
 
 
+def loops_cell(s: SideSummary) -> str:
+    """``1/6 (17/100)``: runs that looped of the side's runs, and per 100 runs when there are several."""
+    if not s.runs:
+        return "-"
+    text = f"{s.loops}/{s.runs}"
+    if s.runs > 1 and s.loops_per_100 is not None:
+        text += f" ({s.loops_per_100:.0f}/100)"
+    return text
+
+
+def legend_lines(summaries: list[SideSummary], loops_column: bool = True) -> list[str]:
+    """What the table's figures are, where it is not plain: contention, kvtui's own rates, runs left out, loops."""
+    out = []
+    if len(summaries) > 1 and any(s.contended for s in summaries):
+        out.append("figures from simultaneous generation: the servers shared the hardware")
+    if any(s.tg_own for s in summaries):
+        out.append("~ (kvtui): kvtui's own rate; the server sent no timings for runs cut short")
+    out += [s.note for s in summaries if s.note]
+    if loops_column and any(s.runs > 1 for s in summaries):
+        out.append("loops: runs that looped / runs (per 100 runs)")
+    return out
+
+
 def _stops(stops: tuple[str, ...]) -> str:
     """``length x5, loop`` rather than five repeats of the same word."""
     from collections import Counter
@@ -189,23 +211,25 @@ def _stops(stops: tuple[str, ...]) -> str:
     return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in Counter(stops).items())
 
 
-def divergence_lines(record: dict[str, Any]) -> list[str]:
+def divergence_lines(record: SessionRecord) -> list[str]:
     """One line per side pair: where the generations part, and how close the distributions are."""
     import statistics
 
-    comps = record.get("comparisons") or []
     out = []
-    for key in dict.fromkeys((c["base"], c["other"]) for c in comps):
-        cs = [c for c in comps if (c["base"], c["other"]) == key]
-        same = sum(1 for c in cs if c.get("identical"))
-        firsts = [c["first_divergence"] for c in cs if "first_divergence" in c]
+    comps = record.comparisons
+    for key in dict.fromkeys((c.base, c.other) for c in comps):
+        cs = [c for c in comps if (c.base, c.other) == key]
+        same = sum(1 for c in cs if c.identical)
+        firsts = [c.first_divergence for c in cs if c.first_divergence is not None]
         text = f"{key[1]} vs {key[0]}: identical in {same}/{len(cs)} runs"
         if firsts:
             text += f"; first different token at {statistics.median(firsts):g} (median)"
-        text += f"; aligned agreement {statistics.mean(c['alignment'] for c in cs):.0%}"
-        top1 = [c["top1_agreement"] for c in cs if "top1_agreement" in c]
-        kls = [c["kl_mean"] for c in cs if "kl_mean" in c]
+        text += f"; aligned agreement {statistics.mean(c.alignment for c in cs):.0%}"
+        top1 = [c.top1_agreement for c in cs if c.top1_agreement is not None]
+        kls = [c.kl_mean for c in cs if c.kl_mean is not None]
         if top1:
-            text += f"; top-1 agreement {statistics.mean(top1):.1%}, KL {statistics.mean(kls):.4f} nats"
+            text += f"; top-1 agreement {statistics.mean(top1):.1%}"
+        if kls:
+            text += f", KL {statistics.mean(kls):.4f} nats"
         out.append(text)
     return out

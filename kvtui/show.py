@@ -8,23 +8,26 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from .core.session import read_record
-from .core.summary import SideSummary, clean_finish, comparison_line, summarize
+from .core.record import SessionRecord, read_record
+from .core.summary import SideSummary, clean_finish, comparisons, summarize
+from .headless import legend_lines
 
-COLUMNS = ("record", "created", "model", "server", "side", "cache", "status", "runs", "pp_tps", "tg_tps",
-           "ttft_ms", "tokens", "kv_mib", "kv_estimate_mib", "mem_peak_mib", "mem_kind", "stops", "loops")
+COLUMNS = ("record", "created", "model", "server", "side", "cache", "status", "runs", "schedule", "pp_tps", "tg_tps",
+           "tg_source", "ttft_ms", "tokens", "kv_mib", "kv_estimate_mib", "mem_peak_mib", "mem_kind", "stops", "loops")
 
 
-def rows(path: str, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per side: the figures ``show`` prints and exports."""
+def rows(path: str, record: SessionRecord) -> list[dict[str, Any]]:
+    """One flat row per side: the figures ``show`` prints and exports (tg_source: "server" or "kvtui")."""
     out = []
     for s in summarize(record):
         out.append({
-            "record": path, "created": record.get("created", ""), "model": record.get("model", {}).get("name", ""),
-            "server": record.get("server", {}).get("version", ""), "side": s.name, "cache": s.cache,
-            "status": s.status, "runs": s.runs, "pp_tps": _m(s.pp), "tg_tps": _m(s.tg), "ttft_ms": _m(s.ttft_ms),
+            "record": path, "created": record.created, "model": record.model.name or "",
+            "server": record.server.version or "", "side": s.name, "cache": s.cache, "status": s.status,
+            "runs": s.runs, "schedule": s.schedule, "pp_tps": _m(s.pp), "tg_tps": _m(s.tg),
+            "tg_source": ("kvtui" if s.tg_own else "server") if s.tg is not None else "", "ttft_ms": _m(s.ttft_ms),
             "tokens": _m(s.tokens), "kv_mib": s.kv_mib, "kv_estimate_mib": s.kv_estimate_mib,
             "mem_peak_mib": s.mem_peak_mib, "mem_kind": s.mem_kind, "stops": " ".join(s.stops), "loops": s.loops,
         })
@@ -57,7 +60,7 @@ def show(paths: list[str], fmt: str = "table", console: Console | None = None) -
         console = wide_console()
     out = console
     if fmt == "json":
-        text = json.dumps(all_rows, indent=2, default=str)  # default: a hand-edited record may hold TOML dates
+        text = json.dumps(all_rows, indent=2, default=str)
         out.print_json(text) if out.is_terminal else print(text)
         return 0
     if fmt == "csv":
@@ -72,6 +75,7 @@ def show(paths: list[str], fmt: str = "table", console: Console | None = None) -
         print("| " + " | ".join(cols) + " |")
         print("|" + "|".join("---" for _ in cols) + "|")
         for r in all_rows:
+            r = {**r, "tg_tps": _tg(r)}
             print("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
         return 0
     for path, rec in records:
@@ -82,37 +86,44 @@ def show(paths: list[str], fmt: str = "table", console: Console | None = None) -
             t.add_column(col)
         for r in all_rows:
             t.add_row(r["record"], r["created"], r["server"], r["side"], r["cache"], _fmt(r["pp_tps"]),
-                      _fmt(r["tg_tps"]), _fmt(r["kv_mib"]), r["stops"])
+                      _tg(r), _fmt(r["kv_mib"]), r["stops"])
         out.print(t)
     return 0
 
 
-def _print_record(out: Console, path: str, rec: dict[str, Any]) -> None:
-    model, server, host = rec.get("model", {}), rec.get("server", {}), rec.get("host", {})
-    out.print(f"[bold]{path}[/]  {rec.get('created', '')}  status [bold]{rec.get('status', '?')}[/]")
-    out.print(f"  model {model.get('name', '?')} ({model.get('arch', '?')}, {model.get('size_mib', 0):,.0f} MiB)"
-              f"  llama-server {server.get('version', '?')}")
-    gpu = f", GPU {host['gpu_name']}" if "gpu_name" in host else ", no NVIDIA GPU"
-    out.print(f"  host {host.get('cpu', '?')}, {host.get('cores', '?')} cores{gpu}")
-    out.print(f"  mode {rec.get('mode', '?')} ({rec.get('mode_reason', '')}), schedule {rec.get('schedule', '?')}")
+def _tg(row: dict[str, Any]) -> str:
+    """tg as a cell: kvtui's own rate is marked, never shown as if it were the server's."""
+    return f"~{_fmt(row['tg_tps'])} (kvtui)" if row["tg_source"] == "kvtui" else _fmt(row["tg_tps"])
+
+
+def _print_record(out: Console, path: str, rec: SessionRecord) -> None:
+    model, server, host = rec.model, rec.server, rec.host
+    out.print(f"[bold]{escape(path)}[/]  {rec.created}  status [bold]{rec.status}[/]")
+    out.print(f"  model {escape(model.name or '?')} ({model.arch or '?'}, {model.size_mib or 0:,.0f} MiB)"
+              f"  llama-server {escape(server.version or '?')}")
+    gpu = f", GPU {host.gpu_name}" if host.gpu_name else ", no NVIDIA GPU"
+    out.print(f"  host {escape(host.cpu or '?')}, {host.cores or '?'} cores{escape(gpu)}")
+    out.print(f"  mode {rec.mode or '?'} ({escape(rec.mode_reason)}), schedule {rec.schedule or '?'}")
     summaries = summarize(rec)
     t = Table(box=None, pad_edge=False)
     for col in ("side", "KV types", "pp t/s", "tg t/s", "TTFT ms", "tokens", "KV MiB", "peak mem", "stop", "loop"):
         t.add_column(col)
-    for s, side in zip(summaries, rec.get("sides", []), strict=False):
-        loops = [r["loop"] for r in side.get("runs", []) if "loop" in r]
-        loop = ", ".join(f"{x['period']}-tok from {x['start']} x{x['repeats']}" for x in loops) or "-"
-        t.add_row(s.name, s.cache, str(s.pp or "-"), str(s.tg or "-"), str(s.ttft_ms or "-"), str(s.tokens or "-"),
+    for s, side in zip(summaries, rec.sides, strict=False):
+        loops = [r.loop for r in side.runs if r.loop is not None]
+        loop = ", ".join(f"{x.period}-tok from {x.start} x{x.repeats}" for x in loops) or "-"
+        t.add_row(s.name, s.cache, str(s.pp or "-"), s.tg_text, str(s.ttft_ms or "-"), str(s.tokens or "-"),
                   _fmt(s.kv_mib), f"{_fmt(s.mem_peak_mib)} {s.mem_kind}" if s.mem_peak_mib else "-",
                   ", ".join(s.stops) or s.status, loop)
     out.print(t)
-    _print_verdict(out, summaries)
+    for line in legend_lines(summaries, loops_column=False):
+        out.print(f"  [dim]{escape(line)}[/]")
+    _print_verdict(out, rec, summaries)
     out.print()
 
 
-def _print_verdict(out: Console, summaries: list[SideSummary]) -> None:
+def _print_verdict(out: Console, rec: SessionRecord, summaries: list[SideSummary]) -> None:
     if len(summaries) >= 2:
-        for other in summaries[1:]:
-            out.print("  " + comparison_line(summaries[0], other))
+        for c in comparisons(rec):
+            out.print("  " + escape(c.line()))
         clean = [s.name for s in summaries if clean_finish(s)]
         out.print(f"  clean finish: {', '.join(clean) if clean else 'none'}")

@@ -20,25 +20,25 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from kvtui.core.record import SessionRecord, read_record  # noqa: E402
 from kvtui.core.replay import Replayer  # noqa: E402
-from kvtui.core.session import read_record  # noqa: E402
 from kvtui.ui.app import KvtuiApp  # noqa: E402
 
 SESSIONS = REPO / "tests" / "data" / "sessions"
 SIZE = (150, 42)
 
 
-def midpoint(record: dict) -> float:
+def midpoint(record: SessionRecord) -> float:
     """A moment when every side is generating."""
-    runs = [s["runs"][0] for s in record["sides"] if s.get("runs")]
-    start = max(r["t_sent"] for r in runs)
-    end = min(r["t_end"] for r in runs)
+    runs = [s.runs[0] for s in record.sides if s.runs]
+    start = max(r.t_sent or 0.0 for r in runs)
+    end = min(r.t_end or 0.0 for r in runs)
     return start + (end - start) * 0.45
 
 
 async def shot(record_name: str, out: str, stop_at: float | None = None, title: str = "kvtui") -> None:
     record = read_record(SESSIONS / record_name)
-    when = stop_at if stop_at is not None else float(record.get("duration_s", 1e9)) + 1
+    when = stop_at if stop_at is not None else (record.duration_s or 1e9) + 1
     if stop_at == -1:
         when = midpoint(record)
     app = KvtuiApp(Replayer(record, stop_at=when))

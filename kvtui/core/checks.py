@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from .tomlmodel import dump, key
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$", re.M)
 _EXTENSIONS = "py|js|ts|go|rs|java|c|cc|cpp|h|hpp|rb|sh|toml|ya?ml|json|md|txt|cfg|ini"
@@ -33,38 +35,32 @@ class CodeBlock:
 
 @dataclass(frozen=True, slots=True)
 class TaskCheck:
-    """The measured content of one generation."""
+    """The measured content of one generation (a run's ``check`` in the session record)."""
 
-    blocks: tuple[CodeBlock, ...] = field(default=())
-    answer_ok: bool | None = None  # None when the prompt has no expected answer
+    code_blocks: int = key("fenced code blocks in the reply (an unfenced Python file counts as one)", 0)
+    code_lines: int = key("lines inside them", 0)
+    languages: tuple[str, ...] = key("their languages, sorted", ())
+    files: tuple[str, ...] = key("file names the reply gives them", ())
+    python_blocks: int = key("Python blocks", 0)
+    python_parse_ok: int = key("Python blocks that `ast.parse` accepts", 0)
+    tests: int = key("test functions (`def test_...`)", 0)
+    asserts: int = key("`assert` statements and `self.assert...()` calls", 0)
+    answer_ok: bool | None = key("whether the reply holds the prompt's expected answer (only when it has one)", None)
+    blocks: tuple[CodeBlock, ...] = key("the blocks themselves (live runs only)", (), recorded=False)
 
-    @property
-    def python_blocks(self) -> int:
-        return sum(1 for b in self.blocks if b.parses is not None)
-
-    @property
-    def python_parse_ok(self) -> int:
-        return sum(1 for b in self.blocks if b.parses)
-
-    @property
-    def tests(self) -> int:
-        return sum(b.tests for b in self.blocks)
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        return tuple(b.filename for b in self.blocks if b.filename)
+    @classmethod
+    def of(cls, blocks: tuple[CodeBlock, ...], answer_ok: bool | None) -> TaskCheck:
+        """The counts over ``blocks``."""
+        return cls(code_blocks=len(blocks), code_lines=sum(b.lines for b in blocks),
+                   languages=tuple(sorted({b.language for b in blocks if b.language})),
+                   files=tuple(b.filename for b in blocks if b.filename),
+                   python_blocks=sum(1 for b in blocks if b.parses is not None),
+                   python_parse_ok=sum(1 for b in blocks if b.parses), tests=sum(b.tests for b in blocks),
+                   asserts=sum(b.asserts for b in blocks), answer_ok=answer_ok, blocks=blocks)
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as the session record stores them."""
-        d: dict[str, Any] = {"code_blocks": len(self.blocks)}
-        if self.blocks:
-            d.update(code_lines=sum(b.lines for b in self.blocks),
-                     languages=sorted({b.language for b in self.blocks if b.language}), files=list(self.files),
-                     python_blocks=self.python_blocks, python_parse_ok=self.python_parse_ok, tests=self.tests,
-                     asserts=sum(b.asserts for b in self.blocks))
-        if self.answer_ok is not None:
-            d["answer_ok"] = self.answer_ok
-        return d
+        return dump(self)
 
 
 def code_blocks(text: str) -> list[tuple[str, str, str]]:
@@ -134,4 +130,4 @@ def check_text(text: str, *, expected: str | None = None, regex: str | None = No
     if not blocks and re.search(r"^\s*(?:def |class |import |from \w+ import )", text, re.M):
         # a base model completing a .py file writes code without fences: treat the whole text as one block
         blocks = (_block("python", text, ""),)
-    return TaskCheck(blocks, answer_matches(text, expected, regex))
+    return TaskCheck.of(blocks, answer_matches(text, expected, regex))

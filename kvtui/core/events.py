@@ -8,13 +8,11 @@ Events are frozen dataclasses; ``t`` is seconds since the session started
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-StopReason = Literal["eos", "length", "word", "loop", "aborted", "error"]
-SideStatus = Literal[
-    "waiting", "starting", "loading", "warming", "generating", "done", "aborted", "crashed", "looping", "error"
-]
+from .record import Run
+from .vocab import Schedule, SessionStatus, SideStatus, StopReason  # noqa: F401 - the vocabulary, re-exported
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +23,7 @@ class SessionStarted:
     profile_name: str
     mode: str  # "parallel" | "sequential"
     mode_reason: str
-    schedule: str  # "simultaneous" | "alternate" | "solo"
+    schedule: Schedule  # as planned; each RequestSent says how its run is measured
     sides: tuple[SideInfo, ...]
     model_path: str
     model_name: str
@@ -102,10 +100,15 @@ class WarmupDone:
 
 @dataclass(frozen=True, slots=True)
 class RequestSent:
+    """A measured request went out: which run, which prompt and repeat, and how it is measured."""
+
     t: float
     side: int
     run: int
     prompt_name: str = ""
+    repeat: int = 0
+    seed: int | None = None
+    schedule: Schedule | None = None  # solo when no other side generates (a rerun, sequential mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,31 +149,15 @@ class LoopDetected:
 
 @dataclass(frozen=True, slots=True)
 class RunFinished:
-    """A measured request ended; server timings are the server's own."""
+    """A measured request ended: ``result`` is the run exactly as the record keeps it."""
 
     t: float
     side: int
-    run: int
-    stop: StopReason
-    prompt_n: int | None
-    prompt_per_second: float | None
-    predicted_n: int | None
-    predicted_per_second: float | None
-    ttft_ms: float | None
-    client_tokens_per_second: float | None
-    text: str
-    pieces: tuple[str, ...] = field(default=(), repr=False)
-    t_ms: tuple[float, ...] = field(default=(), repr=False)  # arrival of each piece after the request
-    ids: tuple[int, ...] = field(default=(), repr=False)  # last token id of each piece, -1 when unknown
-    counts: tuple[int, ...] = field(default=(), repr=False)  # server's token count at each piece
-    loop: tuple[int, int, int] | None = None  # period, start, repeats
-    error: str | None = None
-    t_sent: float | None = None
-    prompt: str = ""  # the prompt's name
-    repeat: int = 0
-    seed: int | None = None
-    check: dict[str, Any] | None = None  # kvtui.core.checks.TaskCheck.to_dict()
-    top: tuple[tuple[tuple[int, float], ...], ...] = field(default=(), repr=False)  # per piece: (id, logprob) top-N
+    result: Run
+
+    @property
+    def run(self) -> int:
+        return self.result.run
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +180,7 @@ class ErrorRaised:
 @dataclass(frozen=True, slots=True)
 class SessionFinished:
     t: float
-    status: Literal["done", "failed", "aborted"]
+    status: SessionStatus
 
 
 Event = (

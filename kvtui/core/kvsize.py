@@ -21,6 +21,7 @@ from typing import Any
 from .errors import KvtuiError
 from .ggufmeta import read_metadata
 from .modelinfo import model_bytes
+from .vocab import CACHE_TYPES as _CACHE_TYPES
 
 __all__ = [
     "CACHE_TYPES", "KvEstimate", "KvParams", "KvPart", "estimate_from_params", "estimate_kv_mib",
@@ -31,12 +32,8 @@ MIB = 2**20
 CELL_PAD = 256  # llama.cpp pads n_ctx and n_ctx_seq to this
 AUTO_SLOTS = 4  # llama-server's -np -1 (the default): 4 slots sharing one unified buffer
 
-# (values per block, bytes per block) of every type -ctk/-ctv accept; ggml's block layouts
-CACHE_TYPES: dict[str, tuple[int, int]] = {
-    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2),
-    "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
-    "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
-}
+# (values per block, bytes per block) of every type -ctk/-ctv accept; ggml's block layouts (defined once, in vocab)
+CACHE_TYPES: dict[str, tuple[int, int]] = _CACHE_TYPES
 
 _UNVERIFIED = "from llama.cpp's source, not yet checked against a real server"
 

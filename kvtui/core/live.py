@@ -56,7 +56,7 @@ class LiveSession:
             path = default_record_path(p.plan.profile.name, p.record_path.parent)
             if path == p.record_path:
                 path = path.with_name(path.stem + f"-{int(time.time() * 1000) % 1000:03d}.toml")
-            recorder = SessionRecorder(path, self.recorder.data["profile"], self.recorder.data["host"])
+            recorder = SessionRecorder(path, self.recorder.record.profile, self.recorder.record.host)
             self.prepared = replace(p, recorder=recorder, record_path=path, log_dir=path.with_suffix(".logs"))
         return await self.run()
 

@@ -58,7 +58,7 @@ def _bundled_candidates() -> list[ServerBinary]:
 
         path = skulk.binary_path()
         lib = str(path.parent)
-        old = os.environ.get("LD_LIBRARY_PATH", "")
+        old = os.getenv("LD_LIBRARY_PATH", "")
         found.append(ServerBinary(path, "bundled", {"LD_LIBRARY_PATH": lib + (":" + old if old else "")}))
     except (ImportError, FileNotFoundError):
         pass
@@ -110,7 +110,7 @@ def _check_executable(path: Path, how: str) -> ServerBinary:
     if not os.access(path, os.X_OK):
         raise KvtuiError(f"{path} (from {how}) is not executable", f"chmod +x {path}")
     lib = str(path.resolve().parent)
-    old = os.environ.get("LD_LIBRARY_PATH", "")
+    old = os.getenv("LD_LIBRARY_PATH", "")
     # llama.cpp release archives keep their .so files beside the binary
     return ServerBinary(path, how, {"LD_LIBRARY_PATH": lib + (":" + old if old else "")})
 

@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .tomlmodel import key
+
 SHORT_PERIOD = 4  # cycles this short need SHORT_SPAN tokens to count
 SHORT_SPAN = 64
 
@@ -40,12 +42,12 @@ _WORDS = re.compile(r"\w+|[^\w\s]")
 
 @dataclass(frozen=True, slots=True)
 class Loop:
-    """A repetition loop at the end of a token sequence."""
+    """A repetition loop at the end of a token sequence (a run's ``loop`` in the session record)."""
 
-    period: int  # tokens in one cycle
-    start: int  # index of the first token of the looping region
-    repeats: int  # whole cycles in the looping region
-    text: str = ""  # one cycle, as text, when pieces were given
+    period: int = key("tokens in one cycle")
+    start: int = key("index of the first token of the looping region")
+    repeats: int = key("whole cycles in the looping region")
+    text: str = key("one cycle, as text (not in records written before kvtui.session/2)", "")
 
 
 _SETTERS = tuple(getattr(Loop, f).__set__ for f in ("period", "start", "repeats", "text"))

@@ -18,6 +18,7 @@ from .locate import ServerBinary, help_flags, server_version
 from .modelinfo import ModelInfo, read_model_info
 from .profiles import Profile
 from .server import server_args
+from .vocab import Schedule
 
 COMPUTE_ALLOWANCE_MIB = 512.0  # compute + output buffers per server (grows with ctx and ubatch)
 HEADROOM = 0.9  # use at most 90% of the budget
@@ -45,7 +46,7 @@ class Plan:
     sides: tuple[SidePlan, ...]
     mode: str  # parallel | sequential
     mode_reason: str
-    schedule: str  # simultaneous | alternate | solo
+    schedule: str  # a Schedule: simultaneous | alternate | solo
     need_mib: float | None = None
     budget_mib: float | None = None
     budget_source: str = ""
@@ -147,9 +148,9 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
 
     schedule = profile.run.schedule
     if chosen == "sequential":
-        schedule = "solo"
+        schedule = Schedule.SOLO
     elif schedule == "auto":
-        schedule = "alternate" if profile.run.repeats > 1 else "simultaneous"
+        schedule = Schedule.ALTERNATE if profile.run.repeats > 1 else Schedule.SIMULTANEOUS
     return Plan(profile, info, binary, server_version(binary), sides, chosen, reason, schedule,
                 need, budget, source, fits, plan_warnings(profile, info))
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ProfileError
+from .vocab import CACHE_TYPES as _CACHE_BLOCKS
+from .vocab import QUANTIZED_TYPES, Schedule
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-QUANTIZED_TYPES = frozenset(CACHE_TYPES) - {"f32", "f16", "bf16"}
+CACHE_TYPES = tuple(_CACHE_BLOCKS)
 FLASH_ATTN = ("on", "off", "auto")
 ENDPOINTS = ("completion", "chat")
 MODES = ("auto", "parallel", "sequential")
-SCHEDULES = ("auto", "simultaneous", "alternate")
+SCHEDULES = ("auto", Schedule.SIMULTANEOUS.value, Schedule.ALTERNATE.value)  # solo is what sequential mode gives
 BUNDLED = "bundled"
 
 
@@ -243,10 +244,11 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     """
     c = _Checker(source)
     c.table(data, _TOP, "")
-    model = c.table(data.get("model", {}), _MODEL, "model")
-    server = c.table(data.get("server", {}), _SERVER, "server")
-    sampling = c.table(data.get("sampling", {}), _SAMPLING, "sampling")
-    run = c.table(data.get("run", {}), _RUN, "run")
+    model = _section(c, data, "model", _MODEL)
+    server = _section(c, data, "server", _SERVER)
+    # the dataclasses hold the defaults: a key the file leaves out takes the field's default
+    sampling = Sampling(**_floats(_section(c, data, "sampling", _SAMPLING), "temperature", "top_p"))
+    run = RunSettings(**_floats(_section(c, data, "run", _RUN), "stall_timeout_s"))
 
     raw_sides = data.get("sides")
     if not raw_sides:
@@ -261,7 +263,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
                 raise c.fail(f"{where}.{key}", "missing", f"allowed: {', '.join(CACHE_TYPES)}")
         name = raw.get("name") or f"K {raw['cache_type_k']} / V {raw['cache_type_v']}"
         sides.append(Side(name, raw["cache_type_k"], raw["cache_type_v"],
-                          c.strings(raw.get("extra_args", []), f"{where}.extra_args")))
+                          c.strings(raw["extra_args"], f"{where}.extra_args") if "extra_args" in raw else ()))
     if len(sides) < 2:
         raise c.fail("sides", "a comparison needs at least two [[sides]]", "add another [[sides]] table")
     names = [s.name for s in sides]
@@ -270,7 +272,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
 
     if "prompt" in data and "prompts" in data:
         raise c.fail("prompts", "give either [prompt] or [[prompts]], not both", "use [[prompts]] for a suite")
-    raw_prompts = data.get("prompts") if "prompts" in data else [data.get("prompt", {})]
+    raw_prompts = data["prompts"] if "prompts" in data else [data.get("prompt", {})]
     if not raw_prompts:
         raise c.fail("prompts", "the list is empty", "add at least one [[prompts]] table")
     prompts = tuple(_parse_prompt(c, raw, "prompt" if "prompts" not in data else f"prompts[{k}]", base_dir, k)
@@ -279,45 +281,36 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     if len(set(names)) != len(names):
         raise c.fail("prompts", f"prompt names must differ, got {names}", "give each [[prompts]] its own name")
 
-    ctx_size = server.get("ctx_size", 4096)
-    c.positive(ctx_size, "server.ctx_size", 256)
-    repeats = run.get("repeats", 1)
-    c.positive(repeats, "run.repeats")
-    n_predict = sampling.get("n_predict", 256)
-    c.positive(n_predict, "sampling.n_predict")
-    n_probs = sampling.get("n_probs", 0)
-    if not 0 <= n_probs <= 100:
-        raise c.fail("sampling.n_probs", f"{n_probs} is out of range", "use 0 (off) to 100; 5 is plenty")
-    c.positive(run.get("stall_timeout_s", 120.0), "run.stall_timeout_s")
-    if sampling.get("temperature", 0.0) < 0:
+    server_keys = {("server_bin" if k == "bin" else k): v for k, v in server.items() if k != "extra_args"}
+    if "extra_args" in server:
+        server_keys["extra_args"] = c.strings(server["extra_args"], "server.extra_args")
+    named = {"name": Path(source).stem if source else "profile"}  # an empty name counts as none
+    named.update((k, v) for k, v in data.items() if k in ("name", "description") and v)
+    profile = Profile(**named, model=model["path"] if "path" in model else "", sides=tuple(sides),  # type: ignore[arg-type]
+                      prompts=prompts, sampling=sampling, run=run, source=source, **server_keys)
+    c.positive(profile.ctx_size, "server.ctx_size", 256)
+    c.positive(run.repeats, "run.repeats")
+    c.positive(sampling.n_predict, "sampling.n_predict")
+    if not 0 <= sampling.n_probs <= 100:
+        raise c.fail("sampling.n_probs", f"{sampling.n_probs} is out of range", "use 0 (off) to 100; 5 is plenty")
+    c.positive(run.stall_timeout_s, "run.stall_timeout_s")
+    if sampling.temperature < 0:
         raise c.fail("sampling.temperature", "must be 0 or more")
-
-    fa = server.get("flash_attn", "on")
     for s in sides:
-        if s.cache_type_v in QUANTIZED_TYPES and fa == "off":
+        if s.cache_type_v in QUANTIZED_TYPES and profile.flash_attn == "off":
             raise c.fail("server.flash_attn", f'"off" with a quantized V cache ({s.name}: V {s.cache_type_v})',
                          'llama-server needs flash attention for a quantized V cache: set flash_attn = "on"')
+    return profile
 
-    return Profile(
-        name=data.get("name") or (Path(source).stem if source else "profile"),
-        description=data.get("description", ""),
-        model=model.get("path", ""),
-        server_bin=server.get("bin", ""),
-        ctx_size=ctx_size,
-        n_gpu_layers=server.get("n_gpu_layers", 99),
-        flash_attn=fa,
-        threads=server.get("threads", 0),
-        extra_args=c.strings(server.get("extra_args", []), "server.extra_args"),
-        sides=tuple(sides),
-        prompts=prompts,
-        sampling=Sampling(temperature=float(sampling.get("temperature", 0.0)), seed=sampling.get("seed", 42),
-                          top_k=sampling.get("top_k", 40), top_p=float(sampling.get("top_p", 1.0)),
-                          n_predict=n_predict, n_probs=n_probs),
-        run=RunSettings(warmup=run.get("warmup", True), repeats=repeats, mode=run.get("mode", "auto"),
-                        schedule=run.get("schedule", "auto"), stop_on_loop=run.get("stop_on_loop", False),
-                        stall_timeout_s=float(run.get("stall_timeout_s", 120.0))),
-        source=source,
-    )
+
+def _section(c: _Checker, data: dict[str, Any], key: str, schema: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """A checked table of the profile (empty when the file leaves it out)."""
+    return c.table(data[key] if key in data else {}, schema, key)
+
+
+def _floats(table: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The table with these number keys as floats (TOML lets ``1`` stand for ``1.0``)."""
+    return {k: float(v) if k in keys else v for k, v in table.items()}
 
 
 def _parse_prompt(c: _Checker, raw: Any, where: str, base_dir: Path | None, k: int) -> Prompt:
@@ -350,9 +343,8 @@ def _parse_prompt(c: _Checker, raw: Any, where: str, base_dir: Path | None, k: i
         except (re.error, RecursionError, OverflowError) as exc:
             raise c.fail(f"{where}.expected_regex", f"not a valid regular expression: {exc}") from None
     default_name = "prompt" if k == 0 else f"prompt{k + 1}"
-    return Prompt(text=text, endpoint=prompt.get("endpoint", "completion"), system=prompt.get("system", ""),
-                  name=prompt.get("name", default_name), expected=prompt.get("expected", ""),
-                  expected_regex=prompt.get("expected_regex", ""))
+    given = {key: prompt[key] for key in ("name", "endpoint", "system", "expected", "expected_regex") if key in prompt}
+    return Prompt(text=text, **{"name": default_name, **given})
 
 
 def load_profile(path: str | Path) -> Profile:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .events import (
@@ -31,100 +32,86 @@ from .events import (
     WarmupDone,
 )
 from .loops import LoopDetector
+from .record import Run, SessionRecord
 from .session import SessionRecorder
+from .vocab import SessionStatus
 
 _ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, RequestSent: 4, MemorySampled: 5,
           TokenReceived: 6, LoopDetected: 7, RunFinished: 8, ErrorRaised: 9, ServerExited: 10, SideFinished: 11,
           SessionFinished: 12}
 
 
-def _tops(run: dict[str, Any]) -> tuple[tuple[tuple[int, float], ...], ...]:
-    ids, lps = run.get("top_ids", []), run.get("top_logprobs", [])
-    return tuple(tuple(zip(a, b, strict=False)) for a, b in zip(ids, lps, strict=False))
-
-
-def _run_events(i: int, run: dict[str, Any]) -> list[Event]:
-    pieces, t_ms = run.get("pieces", []), run.get("t_ms", [])
-    ids = run.get("ids") or [-1] * len(pieces)
-    counts = run.get("counts") or list(range(1, len(pieces) + 1))
-    t_end = float(run.get("t_end", 0.0))
-    t_sent = run.get("t_sent")
+def _run_events(i: int, run: Run) -> list[Event]:
+    n = len(run.pieces)
+    ids = run.ids or (-1,) * n
+    counts = run.counts or tuple(range(1, n + 1))
+    t_sent = run.t_sent
+    t_end = run.t_end
     if t_sent is None:
-        t_sent = t_end - (t_ms[-1] / 1000 if t_ms else 0.0)
-    r = int(run.get("run", 0))
-    out: list[Event] = [RequestSent(t_sent, i, r)]
+        t_sent = (t_end or 0.0) - (run.t_ms[-1] / 1000 if run.t_ms else 0.0)
+    if t_end is None:  # a run cut short by kvtui's end: it ended with its last piece
+        t_end = t_sent + (run.t_ms[-1] / 1000 if run.t_ms else 0.0)
+    out: list[Event] = [RequestSent(t_sent, i, run.run, run.prompt, run.repeat, run.seed, run.schedule)]
     detector = LoopDetector()
     last_repeats = None
-    for k, text in enumerate(pieces):
-        t = t_sent + t_ms[k] / 1000
+    for k, text in enumerate(run.pieces):
+        t = t_sent + run.t_ms[k] / 1000
         tid = ids[k] if ids[k] >= 0 else None
-        out.append(TokenReceived(t, i, r, counts[k], text, tid))
+        out.append(TokenReceived(t, i, run.run, counts[k], text, tid))
         if tid is not None:
             found = detector.feed(tid, text)
             if found is not None and found.repeats != last_repeats:
                 last_repeats = found.repeats
-                out.append(LoopDetected(t, i, r, found.period, found.start, found.repeats, found.text))
-    loop = run.get("loop")
-    out.append(RunFinished(
-        t=t_end, side=i, run=r, stop=run.get("stop", "eos"), prompt_n=run.get("prompt_n"),
-        prompt_per_second=run.get("prompt_per_second"), predicted_n=run.get("predicted_n"),
-        predicted_per_second=run.get("predicted_per_second"), ttft_ms=run.get("ttft_ms"),
-        client_tokens_per_second=run.get("client_tokens_per_second"), text=run.get("text", ""),
-        pieces=tuple(pieces), t_ms=tuple(t_ms), ids=tuple(ids), counts=tuple(counts),
-        loop=(loop["period"], loop["start"], loop["repeats"]) if isinstance(loop, dict) else None,
-        error=run.get("error"), t_sent=t_sent, prompt=run.get("prompt", ""), repeat=run.get("repeat", 0),
-        seed=run.get("seed"), check=run.get("check"), top=_tops(run),
-    ))
+                out.append(LoopDetected(t, i, run.run, found.period, found.start, found.repeats, found.text))
+    out.append(RunFinished(t_end, i, replace(run, ids=ids, counts=counts)))
     return out
 
 
-def record_events(record: dict[str, Any]) -> list[Event]:
+def record_events(record: SessionRecord) -> list[Event]:
     """Rebuild the event stream of a record, in time order.
 
     Args:
-        record: a record as :func:`kvtui.core.session.read_record` returns it.
+        record: a record as :func:`kvtui.core.record.read_record` returns it.
 
     Returns:
         Events equal (tokens, order, timing) to the ones the live run emitted.
     """
-    sides = record.get("sides", [])
-    model, server = record.get("model", {}), record.get("server", {})
+    sides = record.sides
+    model, server = record.model, record.server
+    name = record.profile.get("name")
     events: list[Event] = [SessionStarted(
-        t=0.0, profile_name=record.get("profile", {}).get("name", "?"), mode=record.get("mode", "?"),
-        mode_reason=record.get("mode_reason", ""), schedule=record.get("schedule", "?"),
-        sides=tuple(SideInfo(s["name"], s["cache_type_k"], s["cache_type_v"], tuple(s.get("argv", [])),
-                             s.get("kv_estimate_mib")) for s in sides),
-        model_path=model.get("path", ""), model_name=model.get("name", "?"), model_size_mib=model.get("size_mib", 0.0),
-        model_arch=model.get("arch", "?"), server_bin=server.get("bin", ""), server_version=server.get("version", "?"),
-        created=record.get("created", ""), replay=True, warnings=tuple(record.get("warnings", [])),
+        t=0.0, profile_name=name if isinstance(name, str) else "?", mode=record.mode or "?",
+        mode_reason=record.mode_reason, schedule=record.schedule or "?",  # type: ignore[arg-type]
+        sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.argv, s.kv_estimate_mib) for s in sides),
+        model_path=model.path or "", model_name=model.name or "?", model_size_mib=model.size_mib or 0.0,
+        model_arch=model.arch or "?", server_bin=server.bin or "", server_version=server.version or "?",
+        created=record.created, replay=True, warnings=record.warnings,
     )]
-    end = float(record.get("duration_s", 0.0))
+    end = record.duration_s or 0.0
     for i, s in enumerate(sides):
-        if "t_start" in s:
-            events.append(ServerStarting(s["t_start"], i, s.get("port", 0), tuple(s.get("argv", [])), s.get("log", "")))
-        if "t_ready" in s:
-            events.append(ServerReady(s["t_ready"], i, s.get("pid", 0), s.get("load_s", 0.0), s.get("n_ctx"),
-                                      s.get("build", ""), s.get("kv_cache_mib"), s.get("flash_attn"),
-                                      tuple(s.get("warnings", []))))
-        if "t_warm" in s:
-            events.append(WarmupDone(s["t_warm"], i, s.get("warmup_ms", 0.0)))
-        source = s.get("memory_source", "rss")
-        for t, mib in zip(s.get("memory_t", []), s.get("memory_mib", []), strict=False):
-            events.append(MemorySampled(t, i, source, mib, s.get("gpu_total_mib"), None, s.get("gpu_name")))
+        if s.t_start is not None:
+            events.append(ServerStarting(s.t_start, i, s.port or 0, s.argv, s.log or ""))
+        if s.t_ready is not None:
+            events.append(ServerReady(s.t_ready, i, s.pid or 0, s.load_s or 0.0, s.n_ctx, s.build or "",
+                                      s.kv_cache_mib, s.flash_attn, s.warnings))
+        if s.t_warm is not None:
+            events.append(WarmupDone(s.t_warm, i, s.warmup_ms or 0.0))
+        for t, mib in zip(s.memory_t, s.memory_mib, strict=False):
+            events.append(MemorySampled(t, i, s.memory_source or "rss", mib, s.gpu_total_mib, None, s.gpu_name))
         last = 0.0
-        for run in s.get("runs", []):
+        for run in s.runs:
             evs = _run_events(i, run)
             events += evs
             last = max(last, evs[-1].t)
         t_fin = max(last, end - 0.001) if end else last
-        if "error" in s:
-            events.append(ErrorRaised(t_fin, i, s["error"]))
-        if "log_tail" in s:
-            events.append(ServerExited(t_fin, i, s.get("exit_code"), expected=False, log_tail=tuple(s["log_tail"])))
-        events.append(SideFinished(t_fin, i, s.get("status", "done")))
+        if s.error is not None:
+            events.append(ErrorRaised(t_fin, i, s.error))
+        if s.log_tail is not None:
+            events.append(ServerExited(t_fin, i, s.exit_code, expected=False, log_tail=s.log_tail))
+        events.append(SideFinished(t_fin, i, s.status))
         end = max(end, t_fin)
-    status = record.get("status", "done")
-    events.append(SessionFinished(end, status if status in ("done", "failed", "aborted") else "aborted"))
+    status = record.status if record.status != SessionStatus.RUNNING else SessionStatus.ABORTED
+    events.append(SessionFinished(end, status))
     events.sort(key=lambda e: (e.t, _ORDER.get(type(e), 99)))
     return events
 
@@ -141,7 +128,7 @@ class Replayer:
             (a frozen moment of the session, for screenshots and snapshot tests).
     """
 
-    def __init__(self, record: dict[str, Any], speed: float = 1.0, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, record: SessionRecord, speed: float = 1.0, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] = asyncio.sleep, stop_at: float | None = None) -> None:
         self.record = record
         self.events = record_events(record)
@@ -191,7 +178,7 @@ class Replayer:
             self._restart, self._skip, self.position = False, False, 0
             self.recorder = self._new_recorder()
         self._skip = False
-        return self.record.get("status", "done")
+        return self.record.status
 
     def _deliver(self, e: Event) -> None:
         self.position += 1
@@ -211,7 +198,7 @@ class Replayer:
         return None
 
     def side_count(self) -> int:
-        return len(self.record.get("sides", []))
+        return len(self.record.sides)
 
     def kill_now(self) -> None:
         return None
@@ -221,7 +208,7 @@ class Replayer:
 
     def _new_recorder(self) -> SessionRecorder:
         """A record rebuilt from the replayed events (never written), which the comparison strip reads."""
-        return SessionRecorder(None, self.record.get("profile", {}), self.record.get("host", {}))
+        return SessionRecorder(None, self.record.profile, self.record.host)
 
     # -- controls --------------------------------------------------------------------------------
 

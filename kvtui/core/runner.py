@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,31 +41,14 @@ from .events import (
 from .loops import LoopDetector
 from .plan import Plan
 from .profiles import Prompt
+from .record import RunAccumulator
 from .server import LlamaServer, Server
 from .serverlog import tail
+from .vocab import Schedule
 
 Sink = Callable[[Event], None]
 WARMUP_TOKENS = 8
 MEMORY_INTERVAL_S = 0.5
-
-
-@dataclass
-class _RunState:
-    """What one measured request has gathered so far (kept when it is cut short)."""
-
-    sent: float
-    pieces: list[str] = field(default_factory=list)
-    t_ms: list[float] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-    first: tuple[float, int] | None = None
-    last: tuple[float, int] | None = None
-    loop: tuple[int, int, int] | None = None
-    result: client.StreamResult = field(default_factory=client.StreamResult)
-    prompt: Prompt | None = None
-    repeat: int = 0
-    seed: int | None = None
-    tops: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
 
 
 class Runner:
@@ -277,12 +259,13 @@ class Runner:
             live = [i for i in up if self.status[i] not in ("crashed", "error", "aborted")]
             if not live:
                 break
+            schedule = Schedule(self.plan.schedule) if len(live) > 1 else Schedule.SOLO  # alone: uncontended
             if self.plan.schedule == "alternate":
                 order = live if k % 2 == 0 else list(reversed(live))  # alternate who goes first
                 for i in order:
-                    await self._measure(i, self._run_index(i), prompt, repeat)
+                    await self._measure(i, self._run_index(i), prompt, repeat, schedule)
             else:
-                await asyncio.gather(*(self._measure(i, self._run_index(i), prompt, repeat) for i in live))
+                await asyncio.gather(*(self._measure(i, self._run_index(i), prompt, repeat, schedule) for i in live))
         for i in up:
             if self.status[i] not in ("crashed", "error", "aborted"):
                 self._finish_side(i)
@@ -291,7 +274,7 @@ class Runner:
         for prompt, repeat in self._jobs():
             if self.status[i] in ("crashed", "error", "aborted"):
                 return
-            await self._measure(i, self._run_index(i), prompt, repeat)
+            await self._measure(i, self._run_index(i), prompt, repeat, Schedule.SOLO)
         if self.status[i] not in ("crashed", "error", "aborted"):
             self._finish_side(i)
 
@@ -299,7 +282,7 @@ class Runner:
         self._set(i, "done")
         self.emit(SideFinished(self.now(), i, "done"))
 
-    async def _measure(self, i: int, run: int, prompt: Prompt, repeat: int) -> None:
+    async def _measure(self, i: int, run: int, prompt: Prompt, repeat: int, schedule: Schedule) -> None:
         if i in self._aborted:
             self._aborted_side(i)
             return
@@ -307,10 +290,12 @@ class Runner:
         prof = self.plan.profile
         seed = prof.sampling.seed + repeat
         path, body = client.build_request(prompt, prof.sampling, cache_prompt=False, seed=seed)
-        state = _RunState(sent=self.now(), prompt=prompt, repeat=repeat, seed=seed)
+        sent = RequestSent(self.now(), i, run, prompt.name, repeat, seed, schedule)
+        acc = RunAccumulator(run, sent.t, prompt.name, repeat, seed, schedule)
+        result = client.StreamResult()
         self._set(i, "generating")
-        self.emit(RequestSent(state.sent, i, run, prompt.name))
-        task = asyncio.create_task(self._consume(i, run, srv, path, body, state))
+        self.emit(sent)
+        task = asyncio.create_task(self._consume(i, run, srv, path, body, acc, result))
         self._requests[i] = task
         try:
             await asyncio.wait({task})
@@ -321,15 +306,15 @@ class Runner:
                 task.exception()  # retrieved: the server may have died first
             self._requests.pop(i, None)
             self._aborted.add(i)
-            state.result.stop = "aborted"
-            self._emit_run(i, run, state)
+            result.stop = "aborted"
+            self._emit_run(i, acc, result, prompt)
             self._aborted_side(i)
             raise
         self._requests.pop(i, None)
         error: KvtuiError | None = None
         stalled = False
         if task.cancelled():
-            state.result.stop = "loop" if state.loop and prof.run.stop_on_loop and i not in self._aborted else "aborted"
+            result.stop = "loop" if acc.loop and prof.run.stop_on_loop and i not in self._aborted else "aborted"
         elif task.exception() is not None:
             exc = task.exception()
             stalled = isinstance(exc, client.StreamStalled)
@@ -337,14 +322,14 @@ class Runner:
                 await self._settle(i)
             error = self._explain(i, exc) if isinstance(exc, KvtuiError | httpx.HTTPError) else KvtuiError(
                 f"internal error: {exc!r}", "please report this", exit_code=1)
-            state.result.stop = "error"
-            state.result.error = error.message
-        self._emit_run(i, run, state)
+            result.stop = "error"
+            result.error = error.message
+        self._emit_run(i, acc, result, prompt)
         if error is not None:
             self._fail(i, error, "crashed" if self._dead(i) else "error")
             if stalled:
                 await self._stop(i)  # a hung server is stopped now (SIGTERM + SIGCONT, then SIGKILL)
-        elif state.result.stop == "aborted":
+        elif result.stop == "aborted":
             self._aborted_side(i)
 
     def _aborted_side(self, i: int) -> None:
@@ -352,59 +337,33 @@ class Runner:
             self._set(i, "aborted")
             self.emit(SideFinished(self.now(), i, "aborted"))
 
-    async def _consume(self, i: int, run: int, srv: Server, path: str, body: dict, state: _RunState) -> None:
+    async def _consume(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
+                       result: client.StreamResult) -> None:
         detector = LoopDetector()
         stop_on_loop = self.plan.profile.run.stop_on_loop
         assert self._http is not None
         async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
                                          stall_timeout_s=self.plan.profile.run.stall_timeout_s,
-                                         clock=self.now, result=state.result):
+                                         clock=self.now, result=result):
             if i in self._aborted:  # belt and braces: an abort stops the stream at the next piece at the latest
                 raise asyncio.CancelledError
-            if state.first is None:
-                state.first = (piece.t, piece.n)
-            state.last = (piece.t, piece.n)
-            state.pieces.append(piece.text)
-            state.t_ms.append(round((piece.t - state.sent) * 1000, 1))
-            state.ids.append(piece.token_id if piece.token_id is not None else -1)
-            state.counts.append(piece.n)
-            if piece.top is not None:
-                state.tops.append(piece.top)
+            acc.add(piece.t, piece.n, piece.text, piece.token_id, piece.top)
             self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
             key = piece.token_id if piece.token_id is not None else piece_key(piece.text)
             if key is not None:
                 found = detector.feed(key, piece.text)
-                if found is not None and (state.loop is None or found.repeats != state.loop[2]):
-                    state.loop = (found.period, found.start, found.repeats)
+                if found is not None and (acc.loop is None or found.repeats != acc.loop.repeats):
+                    acc.loop = found
                     self._set(i, "looping")
                     self.emit(LoopDetected(self.now(), i, run, found.period, found.start, found.repeats, found.text))
                     if stop_on_loop:
                         raise asyncio.CancelledError  # closes the stream: the server stops generating
 
-    def _emit_run(self, i: int, run: int, state: _RunState) -> None:
-        timings = state.result.timings
-        ttft = (state.first[0] - state.sent) * 1000 if state.first else None
-        client_tps = None
-        if state.first and state.last and state.last[0] > state.first[0]:
-            client_tps = (state.last[1] - state.first[1]) / (state.last[0] - state.first[0])
-        self.emit(RunFinished(
-            t=self.now(), side=i, run=run, stop=state.result.stop,  # type: ignore[arg-type]
-            prompt_n=timings.get("prompt_n"), prompt_per_second=_r(timings.get("prompt_per_second")),
-            predicted_n=timings.get("predicted_n", state.last[1] if state.last else 0),
-            predicted_per_second=_r(timings.get("predicted_per_second")),
-            ttft_ms=_r(ttft), client_tokens_per_second=_r(client_tps), text="".join(state.pieces),
-            pieces=tuple(state.pieces), t_ms=tuple(state.t_ms), ids=tuple(state.ids), counts=tuple(state.counts),
-            loop=state.loop, error=state.result.error, t_sent=round(state.sent, 3),
-            prompt=state.prompt.name if state.prompt else "", repeat=state.repeat, seed=state.seed,
-            check=self._check(state), top=tuple(state.tops) if len(state.tops) == len(state.pieces) else (),
-        ))
-
-    @staticmethod
-    def _check(state: _RunState) -> dict[str, object] | None:
-        if state.prompt is None:
-            return None
-        p = state.prompt
-        return check_text("".join(state.pieces), expected=p.expected or None, regex=p.expected_regex or None).to_dict()
+    def _emit_run(self, i: int, acc: RunAccumulator, result: client.StreamResult, prompt: Prompt) -> None:
+        check = check_text(acc.text, expected=prompt.expected or None, regex=prompt.expected_regex or None)
+        t = self.now()
+        self.emit(RunFinished(t, i, acc.finish(t, result.stop, timings=result.timings, error=result.error,
+                                               check=check)))
 
     # -- memory ---------------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .vocab import CACHE_TYPES
+
 _KV_RE = re.compile(
     r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers,\s+(\d+)/(\d+) seqs\), "
     r"K \((\w+)\):\s+([\d.]+) MiB, V \((\w+)\):\s+([\d.]+) MiB"
@@ -78,7 +80,7 @@ _FAILURES: tuple[tuple[str, str, str], ...] = (
      "a quantized V cache needs flash attention, which is off",
      'set flash_attn = "on" in the profile (or use an f16 V cache)'),
     (r"Unsupported cache type: (\S+)", "llama-server does not support cache type {0}",
-     "use one of f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1"),
+     "use one of " + ", ".join(CACHE_TYPES)),
     (r"error while handling argument \"([^\"]+)\"", "llama-server rejected the argument {0}",
      "check the profile's extra_args against `llama-server --help`"),
     (r"insufficient memory|failed to allocate|out of memory|cudaMalloc failed|ErrorOutOfDeviceMemory",

@@ -27,6 +27,7 @@ from .events import (
     WarmupDone,
 )
 from .metrics import RateMeter
+from .vocab import SideStatus
 
 RATE_HISTORY = 120  # sparkline points kept per side
 BUCKET_S = 0.25  # the sparkline's time step: tokens per bucket of event time, not of screen time
@@ -40,7 +41,7 @@ class SideState:
     cache_type_k: str
     cache_type_v: str
     kv_estimate_mib: float | None = None
-    status: str = "waiting"
+    status: str = SideStatus.WAITING
     waiting_reason: str = ""
     run: int = 0
     tokens: int = 0
@@ -55,6 +56,7 @@ class SideState:
     ttft_ms: float | None = None
     prompt_per_second: float | None = None
     predicted_per_second: float | None = None
+    client_tokens_per_second: float | None = None  # kvtui's own rate of the last run
     kv_cache_mib: float | None = None
     flash_attn: str | None = None
     load_s: float | None = None
@@ -135,10 +137,10 @@ class SessionState:
                     s.ttft_ms = (e.t - s.sent_t) * 1000
                 s.meter.add(e.t, e.n)
             case RequestSent():
-                s.status, s.run, s.tokens, s.sent_t = "generating", e.run, 0, e.t
+                s.status, s.run, s.tokens, s.sent_t = SideStatus.GENERATING, e.run, 0, e.t
                 s.pieces, s.ids, s.pending, s.reset_text = [], [], [], True
                 s.meter, s.buckets, s.first_t, s.ttft_ms, s.loop, s.stop = RateMeter(), [], None, None, None, None
-                s.prompt_per_second = s.predicted_per_second = None
+                s.prompt_per_second = s.predicted_per_second = s.client_tokens_per_second = None
             case MemorySampled():
                 s.mem_source, s.mem_mib = e.source, e.used_mib
                 if e.used_mib is not None:
@@ -146,31 +148,33 @@ class SessionState:
                 s.device_total_mib, s.device_used_mib = e.device_total_mib, e.device_used_mib
                 s.device_name = e.device_name
             case LoopDetected():
-                s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, "looping"
+                s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, SideStatus.LOOPING
             case RunFinished():
-                s.stop = e.stop
-                s.prompt_per_second, s.predicted_per_second = e.prompt_per_second, e.predicted_per_second
-                if e.ttft_ms is not None:
-                    s.ttft_ms = e.ttft_ms
-                if e.predicted_n is not None:
-                    s.tokens = e.predicted_n
+                run = e.result
+                s.stop = run.stop
+                s.prompt_per_second, s.predicted_per_second = run.prompt_per_second, run.predicted_per_second
+                s.client_tokens_per_second = run.client_tokens_per_second
+                if run.ttft_ms is not None:
+                    s.ttft_ms = run.ttft_ms
+                if run.predicted_n is not None:
+                    s.tokens = run.predicted_n
             case SideWaiting():
-                s.status, s.waiting_reason = "waiting", e.reason
+                s.status, s.waiting_reason = SideStatus.WAITING, e.reason
             case ServerStarting():
-                s.status, s.log_path, s.error, s.hint, s.log_tail = "starting", e.log_path, None, "", ()
+                s.status, s.log_path, s.error, s.hint, s.log_tail = SideStatus.STARTING, e.log_path, None, "", ()
             case ServerReady():
                 s.status, s.kv_cache_mib, s.flash_attn, s.load_s, s.warnings = (
-                    "loading", e.kv_cache_mib, e.flash_attn, e.load_s, e.warnings)
+                    SideStatus.LOADING, e.kv_cache_mib, e.flash_attn, e.load_s, e.warnings)
             case WarmupDone():
-                s.status = "warmed up"
+                s.status = SideStatus.WARMED_UP
             case ErrorRaised():
                 s.error, s.hint = e.message, e.hint
             case ServerExited():
                 if not e.expected:
                     s.log_tail = e.log_tail
-                    s.status = "crashed"
+                    s.status = SideStatus.CRASHED
             case SideFinished():
-                if not (e.status == "done" and s.loop is not None):
+                if not (e.status == SideStatus.DONE and s.loop is not None):
                     s.status = e.status
 
     def divergence(self, i: int) -> tuple[str, int | None] | None:

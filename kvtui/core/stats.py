@@ -43,16 +43,27 @@ class PairedVerdict:
     def significant(self) -> bool:
         return self.p < ALPHA
 
+    @property
+    def verdict(self) -> str:
+        """``beyond noise``, ``within noise``, or, with fewer than MIN_PAIRS pairs that differ, too few to tell."""
+        differ = self.wins + self.losses
+        if differ < MIN_PAIRS:
+            counted = f"{differ} pairs" if differ == self.pairs else f"{differ} of {self.pairs} pairs differ"
+            return f"{counted}: too few to tell, {MIN_PAIRS} or more needed"
+        return "beyond noise" if self.significant else "within noise"
+
     def __str__(self) -> str:
+        """The test and its verdict; the median change itself is on the comparison line (one figure, one place)."""
         if self.pairs == 0:
             return f"{self.measure}: no pairs to compare"
-        verdict = "beyond noise" if self.significant else "within noise"
         if self.rates is not None:
             return (f"{self.measure} right {self.rates[1]:.0%} vs {self.rates[0]:.0%} over {self.pairs} pairs, "
-                    f"{self.wins} won / {self.losses} lost, McNemar exact p={self.p:.3g}: {verdict}")
-        change = f" {self.median_change_pct:+.1f}%" if self.median_change_pct is not None else ""
-        return (f"{self.measure}{change} (median of pairs), {self.wins}/{self.pairs} pairs faster, "
-                f"sign test p={self.p:.3g}: {verdict}")
+                    f"{self.wins} won / {self.losses} lost, McNemar exact p={self.p:.3g}: {self.verdict}")
+        return f"{self.measure}: {self.wins}/{self.pairs} pairs faster, sign test p={self.p:.3g}: {self.verdict}"
+
+
+MIN_PAIRS = next(n for n in range(1, 64) if sign_test_p(n, 0) < ALPHA)
+"""Pairs that differ needed before even a clean sweep is significant (6: 5 of 5 gives p = 0.0625)."""
 
 
 def paired_speed(base: list[float | None], other: list[float | None], measure: str = "tg") -> PairedVerdict:

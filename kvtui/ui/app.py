@@ -25,7 +25,8 @@ from textual.widgets import Footer
 from ..core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
 from ..core.events import Event
 from ..core.state import SessionState
-from ..core.summary import summarize, verdicts
+from ..core.summary import comparisons, summarize, verdicts
+from ..core.vocab import FAILED, SessionStatus
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .screens.server_log import ServerLogScreen
@@ -160,15 +161,15 @@ class KvtuiApp(App[int]):
             if header != self._header_shown:
                 self._header_shown = header
                 self.query_one(SessionHeader).show(self.state.started, self.state.finished, self.replay_label)
-            contended = self.state.started is not None and self.state.started.schedule == "simultaneous"
-            record = getattr(getattr(self.session, "recorder", None), "data", None)
-            runs = tuple(len(s.get("runs", [])) for s in record.get("sides", [])) if record else ()
+            record = getattr(getattr(self.session, "recorder", None), "record", None)
+            runs = tuple(len(s.runs) for s in record.sides) if record else ()
             runs += (self.state.finished is not None,)
             if runs != self._runs_shown:  # the strip changes only when a run ends
                 self._runs_shown = runs
                 final = record is not None and self.state.finished is not None
-                self.query_one(ComparisonStrip).show(summarize(record) if record else [], contended,
-                                                     verdicts(record) if final else [])
+                summaries = summarize(record) if record else []
+                self.query_one(ComparisonStrip).show(summaries, comparisons(record, with_runs_only=True) if record
+                                                     else [], verdicts(record) if final else [])
 
     # -- running --------------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class KvtuiApp(App[int]):
     def _finalize(self) -> None:
         finalize = getattr(getattr(self.session, "recorder", None), "finalize_partial", None)
         if finalize is not None:
-            finalize("aborted")
+            finalize(SessionStatus.ABORTED)
 
     async def action_quit(self) -> None:
         """Stop the servers, save the record, leave."""
@@ -334,7 +335,7 @@ class KvtuiApp(App[int]):
         self.exit(EXIT_RUN_FAILED if self._failed() or self._interrupted else EXIT_OK)
 
     def _failed(self) -> bool:
-        return any(s.status in ("crashed", "error") for s in self.state.sides)
+        return any(s.status in FAILED for s in self.state.sides)
 
     async def on_unmount(self) -> None:
         await self.session.aclose()
@@ -351,5 +352,5 @@ def run_app(prepared: Any, force: bool = False) -> int:
         code = app.run()
     finally:  # however the app ended (an exception too): no server left, the record finalized
         session.kill_now()
-        session.recorder.finalize_partial("aborted")
+        session.recorder.finalize_partial(SessionStatus.ABORTED)
     return code if isinstance(code, int) else EXIT_OK

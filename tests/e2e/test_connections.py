@@ -94,8 +94,10 @@ async def test_a_side_reruns_30_times_in_a_row(tmp_path: Path, server_binary, no
         statuses.append(await session.rerun(0))
     assert statuses == ["done"] * 30, errors
     assert not errors
-    runs = session.recorder.data["sides"][0]["runs"]
-    assert len(runs) == 31 and all(r["predicted_n"] == 4 for r in runs)
+    runs = session.recorder.record.sides[0].runs
+    assert len(runs) == 31 and all(r.predicted_n == 4 for r in runs)
+    logs = sorted(p.name for p in prepared.log_dir.iterdir())
+    assert "side0-q8_0.log" in logs and "side0-q8_0.31.log" in logs, "a rerun keeps the earlier server logs"
 
 
 def test_an_empty_log_with_the_port_held_is_explained_as_a_busy_port() -> None:

@@ -40,6 +40,7 @@ from kvtui.core.events import TokenReceived
 from kvtui.core.launch import check_writable, prepare
 from kvtui.core.locate import help_flags
 from kvtui.core.profiles import check_remote, load_profile
+from kvtui.core.record import SessionRecord, Side
 from kvtui.core.runner import Runner
 from kvtui.core.server import LlamaServer, server_args
 from kvtui.core.session import default_record_path, read_record, write_record
@@ -90,8 +91,8 @@ def assert_fault(text: str, cause: str, fix: str) -> None:
     assert any("fix: " in ln and fix in ln for ln in lines), f"no `fix: ...{fix}` line in:\n{text}"
 
 
-def assert_recorded_error(side: dict[str, Any], cause: str) -> None:
-    assert cause in side["error"] and "\n" not in side["error"], side.get("error")
+def assert_recorded_error(side: Side, cause: str) -> None:
+    assert side.error is not None and cause in side.error and "\n" not in side.error, side.error
 
 
 def dummy_binary(tmp_path: Path) -> Path:
@@ -298,7 +299,7 @@ def test_records_are_written_0600(tmp_path: Path) -> None:
     path = tmp_path / "r.toml"
     old = os.umask(0)
     try:
-        write_record(path, {"schema": "kvtui.session/1", "sides": []})
+        write_record(path, SessionRecord())
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -349,9 +350,9 @@ def test_truncated_model_fails_at_load(tmp_path: Path, capsys, server_binary, mo
     assert code == 1
     assert_fault(out, "the model file is truncated or corrupted", "re-download or re-convert the .gguf file")
     data = read_record(record)
-    assert data["status"] == "failed"
-    for side in data["sides"]:
-        assert side["status"] == "crashed" and side["exit_code"] != 0 and side["log_tail"]
+    assert data.status == "failed"
+    for side in data.sides:
+        assert side.status == "crashed" and side.exit_code != 0 and side.log_tail
         assert_recorded_error(side, "the model file is truncated or corrupted")
 
 
@@ -373,9 +374,9 @@ def test_model_too_big_for_memory(tmp_path: Path, capsys, server_binary, model_p
     assert code == 1
     assert_fault(out, "not enough memory to load the model with this context", "lower server.ctx_size")
     data = read_record(record)
-    assert data["status"] == "failed" and data["mode"] == "sequential"  # the plan saw it would not fit
-    for side in data["sides"]:
-        assert side["status"] == "crashed"
+    assert data.status == "failed" and data.mode == "sequential"  # the plan saw it would not fit
+    for side in data.sides:
+        assert side.status == "crashed"
         assert_recorded_error(side, "not enough memory to load the model with this context")
 
 
@@ -402,9 +403,9 @@ def test_busy_port(tmp_path: Path, capsys, monkeypatch, server_binary, no_leftov
         held.close()
     assert code == 1
     assert_fault(out, "the port is already in use", "kvtui picks free ports, so retry")
-    ok, busy = read_record(record)["sides"]
-    assert ok["status"] == "done" and ok["runs"][0]["predicted_n"] == 8
-    assert busy["status"] == "crashed"
+    ok, busy = read_record(record).sides
+    assert ok.status == "done" and ok.runs[0].predicted_n == 8
+    assert busy.status == "crashed"
     assert_recorded_error(busy, "the port is already in use")
 
 
@@ -422,9 +423,9 @@ def test_extra_args_the_server_refuses(tmp_path: Path, capsys, server_binary, ex
     assert code == 1
     assert_fault(out, cause, fix)
     data = read_record(record)
-    ok, refused = data["sides"]
-    assert data["status"] == "failed" and ok["status"] == "done" and ok["runs"][0]["stop"] == "length"
-    assert refused["status"] == "crashed" and refused["exit_code"] != 0
+    ok, refused = data.sides
+    assert data.status == "failed" and ok.status == "done" and ok.runs[0].stop == "length"
+    assert refused.status == "crashed" and refused.exit_code != 0
     assert_recorded_error(refused, cause)
 
 
@@ -442,10 +443,10 @@ def test_prompt_longer_than_the_context(tmp_path: Path, capsys, server_binary, n
     found = re.search(r"the prompt \((\d+) tokens\) does not fit the server's context \((\d+) tokens\)", out)
     assert found and int(found[1]) > 256 and found[2] == "256", out
     assert_fault(out, found[0], "raise server.ctx_size in the profile, or shorten the prompt")
-    for side in read_record(record)["sides"]:
-        assert side["status"] == "error"
+    for side in read_record(record).sides:
+        assert side.status == "error"
         assert_recorded_error(side, found[0])
-        assert [r["stop"] for r in side["runs"]] == ["error"]
+        assert [r.stop for r in side.runs] == ["error"]
 
 
 @server
@@ -458,13 +459,13 @@ def test_server_crash_mid_stream_other_side_continues(tmp_path: Path, capsys, mo
     assert fired and code == 1
     assert_fault(out, "llama-server was killed by signal 9", "see its log")
     data = read_record(record)
-    assert data["status"] == "failed"
-    ok, crashed = data["sides"]
-    assert ok["status"] == "done" and ok["runs"][0]["stop"] == "length" and ok["runs"][0]["predicted_n"] == 24
-    assert crashed["status"] == "crashed" and crashed["exit_code"] == -9 and crashed["log_tail"]
+    assert data.status == "failed"
+    ok, crashed = data.sides
+    assert ok.status == "done" and ok.runs[0].stop == "length" and ok.runs[0].predicted_n == 24
+    assert crashed.status == "crashed" and crashed.exit_code == -9 and crashed.log_tail
     assert_recorded_error(crashed, "llama-server was killed by signal 9")
-    (run,) = crashed["runs"]
-    assert run["stop"] == "error" and run["predicted_n"] >= 5 and "".join(run["pieces"]) == run["text"] != ""
+    (run,) = crashed.runs
+    assert run.stop == "error" and run.predicted_n >= 5 and "".join(run.pieces) == run.text != ""
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
 
 
@@ -489,12 +490,12 @@ def test_server_that_stops_answering_is_cut_off_and_killed(tmp_path: Path, capsy
     assert_fault(out, "no data from the server for 2 s", "raise run.stall_timeout_s if it is just slow")
     assert gone(stopped[0])
     data = read_record(record)
-    ok, hung = data["sides"]
-    assert ok["status"] == "done" and ok["runs"][0]["predicted_n"] == 24
-    assert hung["status"] == "error" and "exit_code" in hung
+    ok, hung = data.sides
+    assert ok.status == "done" and ok.runs[0].predicted_n == 24
+    assert hung.status == "error" and hung.exit_code is not None
     assert_recorded_error(hung, "no data from the server for 2 s")
-    (run,) = hung["runs"]
-    assert run["stop"] == "error" and run["predicted_n"] >= 3 and run["pieces"]
+    (run,) = hung.runs
+    assert run.stop == "error" and run.predicted_n >= 3 and run.pieces
 
 
 @server
@@ -622,12 +623,12 @@ def test_malformed_data_from_the_server(tmp_path: Path, capsys, monkeypatch, mod
     assert code == 1
     assert_fault(out, cause, fix)
     data = read_record(record)
-    ok, bad = data["sides"]
-    assert ok["status"] == "done" and ok["runs"][0]["text"] == "one two three" and ok["runs"][0]["stop"] == "length"
-    assert bad["status"] == "error"
+    ok, bad = data.sides
+    assert ok.status == "done" and ok.runs[0].text == "one two three" and ok.runs[0].stop == "length"
+    assert bad.status == "error"
     assert_recorded_error(bad, cause)
-    (run,) = bad["runs"]
-    assert run["stop"] == "error" and run["pieces"] == pieces
+    (run,) = bad.runs
+    assert run.stop == "error" and run.pieces == tuple(pieces)
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 2
     for pid in started:  # the fake servers were stopped too
@@ -668,11 +669,11 @@ def assert_gone_within(procs: list[psutil.Process], seconds: float) -> None:
 
 def assert_finalized_aborted(record: Path) -> None:
     data = read_record(record)
-    assert data["status"] == "aborted"
-    for side in data["sides"]:
-        assert side["status"] == "aborted"
-        run = side["runs"][-1]
-        assert run["stop"] == "aborted" and run["predicted_n"] > 0 and run["pieces"], "the streamed tokens are kept"
+    assert data.status == "aborted"
+    for side in data.sides:
+        assert side.status == "aborted"
+        run = side.runs[-1]
+        assert run.stop == "aborted" and run.predicted_n > 0 and run.pieces, "the streamed tokens are kept"
 
 
 @server
@@ -694,8 +695,8 @@ def test_sigkill_of_kvtui_leaves_no_server(tmp_path: Path, server_binary, no_lef
         if proc.poll() is None:
             proc.kill()
     data = read_record(record)
-    assert data["status"] == "running"  # what kvtui could not finalize: it was killed
-    assert all(s["runs"][-1]["stop"] == "aborted" and s["runs"][-1]["pieces"] for s in data["sides"])
+    assert data.status == "running"  # what kvtui could not finalize: it was killed
+    assert all(s.runs[-1].stop == "aborted" and s.runs[-1].pieces for s in data.sides)
 
 
 @server
@@ -770,7 +771,7 @@ def test_signal_to_the_app(tmp_path: Path, server_binary, how: str, no_leftover_
     if how == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL
         data = read_record(record)  # the last autosave, with the tokens streamed by then
-        assert data["status"] == "running" and all(s["runs"][-1]["pieces"] for s in data["sides"])
+        assert data.status == "running" and all(s.runs[-1].pieces for s in data.sides)
         return
     assert proc.returncode == 1
     assert_finalized_aborted(record)
@@ -826,5 +827,5 @@ async def test_app_shows_the_cause_and_fix_in_the_pane(tmp_path: Path, server_bi
             assert asyncio.get_running_loop().time() < deadline, "timed out"
             await pilot.pause(0.1)
     assert app.return_value == 1  # what run_app returns as kvtui's exit code
-    assert read_record(tmp_path / "r.toml")["status"] == "failed"
+    assert read_record(tmp_path / "r.toml").status == "failed"
 

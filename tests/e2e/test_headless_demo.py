@@ -41,26 +41,26 @@ def test_demo_headless_run_records_both_sides(tmp_path: Path, server_binary, mod
     assert "kvtui result" in proc.stdout and f"record: {record}" in proc.stdout
 
     data = read_record(record)
-    assert data["status"] == "done" and data["schema"] == "kvtui.session/1"
-    q8, q4 = data["sides"]
-    assert (q8["cache_type_k"], q8["cache_type_v"]) == ("q8_0", "q8_0")
-    assert (q4["cache_type_k"], q4["cache_type_v"]) == ("q4_0", "q4_0")
-    assert 0 < q4["kv_cache_mib"] < q8["kv_cache_mib"]
+    assert data.status == "done" and data.schema == "kvtui.session/2"
+    q8, q4 = data.sides
+    assert (q8.cache_type_k, q8.cache_type_v) == ("q8_0", "q8_0")
+    assert (q4.cache_type_k, q4.cache_type_v) == ("q4_0", "q4_0")
+    assert 0 < q4.kv_cache_mib < q8.kv_cache_mib
     for side in (q8, q4):
-        assert side["status"] == "done"
-        assert "-ctk" in side["argv"] and "127.0.0.1" in side["argv"] and "-np" in side["argv"]
-        assert side["argv"][side["argv"].index("-fa") + 1] == "on"
-        assert "rss_peak_mib" in side or "vram_peak_mib" in side
-        (run,) = side["runs"]
-        assert run["predicted_n"] > 0 and run["text"] and "".join(run["pieces"]) == run["text"]
-        assert run["stop"] in ("eos", "length")
-        assert len(run["t_ms"]) == len(run["pieces"]) and run["t_ms"] == sorted(run["t_ms"])
+        assert side.status == "done"
+        assert "-ctk" in side.argv and "127.0.0.1" in side.argv and "-np" in side.argv
+        assert side.argv[side.argv.index("-fa") + 1] == "on"
+        assert side.rss_peak_mib is not None or side.vram_peak_mib is not None
+        (run,) = side.runs
+        assert run.predicted_n > 0 and run.text and "".join(run.pieces) == run.text
+        assert run.stop in ("eos", "length")
+        assert len(run.t_ms) == len(run.pieces) and list(run.t_ms) == sorted(run.t_ms)
         # the record's server timings are the server's own: the same figures are in its log
-        log = Path(side["log"]).read_text()
+        log = Path(side.log).read_text()
         timings = _server_timings_from_log(log)
         assert timings, "no eval-time lines in the server log"
         n, tps = timings[-1]  # the measured run is the last request (the warm-up came first)
-        assert n == run["predicted_n"]
-        assert run["predicted_per_second"] == pytest.approx(tps, rel=0.01)
+        assert n == run.predicted_n
+        assert run.predicted_per_second == pytest.approx(tps, rel=0.01)
         # the client's own rate agrees with the server's within a reasonable margin
-        assert run["client_tokens_per_second"] == pytest.approx(run["predicted_per_second"], rel=0.35)
+        assert run.client_tokens_per_second == pytest.approx(run.predicted_per_second, rel=0.35)

@@ -100,13 +100,13 @@ def test_sequential_servers_really_run_one_at_a_time(tmp_path: Path, server_bina
     assert len(watcher.seen) == 2 and watcher.max_alive == 1, (watcher.seen, watcher.max_alive)
 
     data = read_record(record)
-    assert (data["mode"], data["mode_reason"], data["schedule"]) == ("sequential", "asked for sequential", "solo")
-    first, second = data["sides"]
-    assert {first["pid"], second["pid"]} == watcher.seen
+    assert (data.mode, data.mode_reason, data.schedule) == ("sequential", "asked for sequential", "solo")
+    first, second = data.sides
+    assert {first.pid, second.pid} == watcher.seen
     # from the record: side 1's server started after side 0's had exited
-    assert first["t_start"] < first["t_ready"] < first["runs"][0]["t_end"] <= first["t_exit"]
-    assert first["t_exit"] <= second["t_start"] < second["t_ready"] < second["runs"][0]["t_end"] <= second["t_exit"]
-    assert all(s["status"] == "done" and s["exit_code"] is not None for s in (first, second))
+    assert first.t_start < first.t_ready < first.runs[0].t_end <= first.t_exit
+    assert first.t_exit <= second.t_start < second.t_ready < second.runs[0].t_end <= second.t_exit
+    assert all(s.status == "done" and s.exit_code is not None for s in (first, second))
 
 
 def test_alternate_schedule_measures_one_at_a_time_with_both_loaded(tmp_path: Path, server_binary,
@@ -120,18 +120,18 @@ def test_alternate_schedule_measures_one_at_a_time_with_both_loaded(tmp_path: Pa
     assert len(watcher.seen) == 2 and watcher.max_alive == 2  # both loaded at once
 
     data = read_record(record)
-    assert (data["mode"], data["schedule"]) == ("parallel", "alternate")
-    a, b = data["sides"]
-    assert [r["run"] for r in a["runs"]] == [0, 1] and [r["run"] for r in b["runs"]] == [0, 1]
-    runs = sorted(((r["t_sent"], r["t_end"], side, r["run"]) for side, s in enumerate((a, b)) for r in s["runs"]))
+    assert (data.mode, data.schedule) == ("parallel", "alternate")
+    a, b = data.sides
+    assert [r.run for r in a.runs] == [0, 1] and [r.run for r in b.runs] == [0, 1]
+    runs = sorted(((r.t_sent, r.t_end, side, r.run) for side, s in enumerate((a, b)) for r in s.runs))
     # measured one at a time, the first to go alternating: A B, then B A
     assert [(side, run) for _, _, side, run in runs] == [(0, 0), (1, 0), (1, 1), (0, 1)]
     for (_, end, *_), (start, *_) in zip(runs, runs[1:], strict=False):
         assert end <= start, runs
     # and both servers stayed up from before the first measurement to after the last
     for s in (a, b):
-        assert s["t_warm"] <= runs[0][0] and s["t_exit"] >= runs[-1][1]
-        assert all(r["predicted_n"] > 0 and r["stop"] in ("eos", "length") for r in s["runs"])
+        assert s.t_warm <= runs[0][0] and s.t_exit >= runs[-1][1]
+        assert all(r.predicted_n > 0 and r.stop in ("eos", "length") for r in s.runs)
 
 
 def test_parallel_that_will_not_fit_is_refused_unless_forced(tmp_path: Path, server_binary,
@@ -150,7 +150,7 @@ def test_parallel_that_will_not_fit_is_refused_unless_forced(tmp_path: Path, ser
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert watcher.max_alive == 2
     data = read_record(record)
-    assert data["mode"] == "parallel" and data["mode_reason"].startswith("asked for parallel (plan says ")
+    assert data.mode == "parallel" and data.mode_reason.startswith("asked for parallel (plan says ")
 
 
 async def test_app_asks_before_a_parallel_run_that_will_not_fit(tmp_path: Path, server_binary,
@@ -183,4 +183,28 @@ async def test_app_asks_before_a_parallel_run_that_will_not_fit(tmp_path: Path, 
             await pilot.pause(0.1)
         await pilot.press("q")
     data = read_record(tmp_path / "yes.toml")
-    assert data["mode"] == "parallel" and [s["status"] for s in data["sides"]] == ["done", "done"]
+    assert data.mode == "parallel" and [s.status for s in data.sides] == ["done", "done"]
+
+
+def test_a_rerun_of_one_side_is_solo_and_not_compared_with_contended_runs(tmp_path: Path, server_binary,
+                                                                          no_leftover_servers) -> None:
+    """The rerun side runs alone (`solo`) while its partner's run was `simultaneous`: each run says how it was
+    measured, and the comparison says the speed figures cannot be compared instead of mixing them."""
+    from kvtui.core.summary import comparisons
+
+    prepared = prepare(str(demo_profile(tmp_path, n_predict=16)), server_bin=str(server_binary.path),
+                       record=str(tmp_path / "r.toml"))
+    live = LiveSession(prepared)
+
+    async def run_then_rerun() -> tuple[str, str]:
+        return await live.run(), await live.rerun(0)
+
+    assert asyncio.run(run_then_rerun()) == ("done", "done")
+    data = read_record(tmp_path / "r.toml")
+    assert data.schedule == "simultaneous" and data.status == "done"
+    first, second = data.sides
+    assert [r.schedule for r in first.runs] == ["simultaneous", "solo"] and [r.run for r in first.runs] == [0, 1]
+    assert [r.schedule for r in second.runs] == ["simultaneous"]
+    (c,) = comparisons(data)
+    assert c.line().endswith("; tg, pp, TTFT not compared: simultaneous vs solo runs"), c.line()
+    assert "KV -47%" in c.line()

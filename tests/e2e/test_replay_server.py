@@ -52,10 +52,11 @@ def test_replay_reproduces_the_live_events(tmp_path: Path, server_binary, no_lef
     for (w, _), a in zip(((w, e) for w, e in replayed if isinstance(e, TokenReceived)), live_tokens, strict=True):
         expected = (a.t - live_tokens[0].t) / speed
         assert abs((w - first) - expected) <= 0.05 * span / speed + 0.02
-    assert time.monotonic() - t0 < record["duration_s"] / speed + 2
+    assert time.monotonic() - t0 < (record.duration_s or 0.0) / speed + 2
     # run results and loop reports are the same as live
     def finished(events):
-        return [(e.side, e.stop, e.predicted_n, e.text) for e in events if isinstance(e, RunFinished)]
+        return [(e.side, e.result.stop, e.result.predicted_n, e.result.text) for e in events
+                if isinstance(e, RunFinished)]
 
     assert finished(e for _, e in replayed) == finished(live_events)
     loops = [(e.side, e.period, e.start, e.repeats) for e in live_events if isinstance(e, LoopDetected)]

@@ -42,18 +42,18 @@ def test_greedy_divergence_matches_the_recorded_ids(tmp_path: Path, server_binar
     prepared = prepare(prof, server_bin=str(server_binary.path), record=str(tmp_path / "r.toml"))
     assert asyncio.run(LiveSession(prepared).run()) == "done"
     data = read_record(tmp_path / "r.toml")
-    (comp,) = data["comparisons"]
-    a, b = (s["runs"][0] for s in data["sides"])
-    expected = first_divergence(a["ids"], b["ids"])
-    assert comp["identical"] is (expected is None)
-    assert comp.get("first_divergence") == expected
+    (comp,) = data.comparisons
+    a, b = (s.runs[0] for s in data.sides)
+    expected = first_divergence(a.ids, b.ids)
+    assert comp.identical is (expected is None)
+    assert comp.first_divergence == expected
     if expected is not None:
-        assert a["ids"][:expected] == b["ids"][:expected] and a["ids"][expected] != b["ids"][expected]
+        assert a.ids[:expected] == b.ids[:expected] and a.ids[expected] != b.ids[expected]
     # n_probs gave each token its top-5: top-1 agreement and KL on the common prefix
-    assert len(a["top_ids"]) == len(a["pieces"]) and all(len(t) == 5 for t in a["top_ids"])
-    assert 0.0 <= comp["top1_agreement"] <= 1.0 and comp["kl_mean"] >= 0.0
+    assert len(a.top_ids) == len(a.pieces) and all(len(t) == 5 for t in a.top_ids)
+    assert 0.0 <= comp.top1_agreement <= 1.0 and comp.kl_mean >= 0.0
     # greedy: the generated token is the argmax of its own top list, until the texts part
-    assert all(ids[0] == tok for ids, tok in zip(a["top_ids"], a["ids"], strict=True) if tok >= 0)
+    assert all(ids[0] == tok for ids, tok in zip(a.top_ids, a.ids, strict=True) if tok >= 0)
 
 
 def test_suite_with_repeats_gives_medians_pass_rates_and_verdict(tmp_path: Path, server_binary,
@@ -69,17 +69,18 @@ def test_suite_with_repeats_gives_medians_pass_rates_and_verdict(tmp_path: Path,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     data = read_record(record)
-    assert data["schedule"] == "alternate"
-    for side in data["sides"]:
-        runs = side["runs"]
-        assert [(r["prompt"], r["repeat"]) for r in runs] == [(p, k) for k in range(3) for p in ("capital", "count")]
-        assert [r["seed"] for r in runs] == [7, 7, 8, 8, 9, 9]  # each repeat its own seed, shared by the sides
-        assert all("answer_ok" in r["check"] for r in runs)
-    measures = {v["measure"]: v for v in data["verdicts"]}
+    assert data.schedule == "alternate"
+    for side in data.sides:
+        runs = side.runs
+        assert [(r.prompt, r.repeat) for r in runs] == [(p, k) for k in range(3) for p in ("capital", "count")]
+        assert [r.seed for r in runs] == [7, 7, 8, 8, 9, 9]  # each repeat its own seed, shared by the sides
+        assert all(r.check is not None and r.check.answer_ok is not None for r in runs)
+        assert {r.schedule for r in runs} == {"alternate"}  # each run says how it was measured
+    measures = {v.measure: v for v in data.verdicts}
     assert set(measures) == {"tg", "pp", "answers"}
-    assert measures["tg"]["pairs"] == 6 and measures["tg"]["test"] == "sign test"
-    assert measures["answers"]["test"] == "McNemar exact"
-    assert len(data["comparisons"]) == 6
+    assert measures["tg"].pairs == 6 and measures["tg"].test == "sign test"
+    assert measures["answers"].test == "McNemar exact"
+    assert len(data.comparisons) == 6
     # the headless table shows medians with min-max, pass rates and the paired verdicts
     assert "answers" in out.stdout and "/6" in out.stdout and "paired verdicts" in out.stdout
     assert "sign test p=" in out.stdout and "McNemar exact p=" in out.stdout
@@ -104,5 +105,5 @@ async def test_three_configs_in_the_app(tmp_path: Path, server_binary, no_leftov
         assert all(p.query_one("TextArea").text for p in panes)
         await pilot.press("q")
     data = read_record(tmp_path / "three.toml")
-    assert [s["status"] for s in data["sides"]] == ["done"] * 3
-    assert {(c["base"], c["other"]) for c in data["comparisons"]} == {("f16", "q8_0"), ("f16", "K q8_0 V q4_0")}
+    assert [s.status for s in data.sides] == ["done"] * 3
+    assert {(c.base, c.other) for c in data.comparisons} == {("f16", "q8_0"), ("f16", "K q8_0 V q4_0")}

@@ -15,14 +15,14 @@ SIZE = (150, 42)
 def frozen_app(name: str, at: float | None = None, label: str = "") -> KvtuiApp:
     """The app showing the session ``name`` as it was at record time ``at`` (None: the end)."""
     record = read_record(SESSIONS / name)
-    when = float(record["duration_s"]) + 1 if at is None else at
+    when = (record.duration_s or 0.0) + 1 if at is None else at
     return KvtuiApp(Replayer(record, stop_at=when), replay_label=label)
 
 
 def midpoint(name: str) -> float:
     record = read_record(SESSIONS / name)
-    runs = [s["runs"][0] for s in record["sides"]]
-    start, end = max(r["t_sent"] for r in runs), min(r["t_end"] for r in runs)
+    runs = [s.runs[0] for s in record.sides]
+    start, end = max(r.t_sent for r in runs), min(r.t_end for r in runs)
     return start + (end - start) * 0.45
 
 

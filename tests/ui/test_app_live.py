@@ -58,7 +58,7 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
         await pilot.press("q")
     assert app.return_value == 0
     data = read_record(record)
-    left, right = data["sides"]
-    assert [r["stop"] for r in left["runs"]] == ["aborted", "aborted"]
-    assert left["runs"][0]["predicted_n"] > 0 and left["runs"][1]["run"] == 1
-    assert right["runs"][0]["stop"] in ("length", "eos") and right["status"] in ("done", "looping")
+    left, right = data.sides
+    assert [r.stop for r in left.runs] == ["aborted", "aborted"]
+    assert left.runs[0].predicted_n > 0 and left.runs[1].run == 1
+    assert right.runs[0].stop in ("length", "eos") and right.status in ("done", "looping")

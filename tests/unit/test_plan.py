@@ -211,7 +211,8 @@ def test_no_nvml_gives_the_ram_probe_and_a_ram_plan(gemma: Path, profile, monkey
     assert prepared.plan.need_mib == pytest.approx(
         read_model_info(gemma).model_mib + sum(s.kv_estimate_mib for s in prepared.plan.sides)
         + 2 * COMPUTE_ALLOWANCE_MIB)
-    assert "gpu_name" not in prepared.recorder.data["host"]
+    assert prepared.recorder.record.host.gpu_name is None
+    assert "gpu_name" not in prepared.recorder.record.to_toml()["host"]
 
 
 def test_a_failing_nvml_probe_plans_against_ram(gemma: Path, profile) -> None:

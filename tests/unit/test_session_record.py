@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from kvtui.core.events import (
     SideInfo,
     TokenReceived,
 )
+from kvtui.core.loops import Loop
+from kvtui.core.record import Host, Run, SessionRecord
 from kvtui.core.session import SCHEMA, SessionRecorder, read_record, write_record
 
 
@@ -34,14 +37,19 @@ def events() -> list:
     for i in (0, 1):
         out += [ServerStarting(0.1, i, 18000 + i, ("llama-server",), f"/tmp/s{i}.log"),
                 ServerReady(1.0, i, 100 + i, 0.9, 4096, "b1-7e4c0a9", 20.72 / (i + 1), "enabled"),
-                RequestSent(1.5, i, 0),
+                RequestSent(1.5, i, 0, schedule="simultaneous"),
                 TokenReceived(1.6, i, 0, 1, "def", 5),
                 MemorySampled(1.7, i, "rss", 340.0 - i * 10),
                 TokenReceived(1.8, i, 0, 3, " f():\n    \"日本\"", 6)]
     out += [LoopDetected(1.9, 1, 0, 33, 120, 4, "again"),
-            RunFinished(2.0, 0, 0, "eos", 20, 300.5, 3, 45.2, 100.0, 10.0, 'def f():\n    "日本"',
-                        ("def", ' f():\n    "日本"'), (100.0, 300.0), (5, 6), (1, 3)),
-            RunFinished(2.1, 1, 0, "loop", 20, 310.0, 3, 47.0, 90.0, 11.0, "x", ("x",), (90.0,), (7,), (3,), loop=(33, 120, 4)),
+            RunFinished(2.0, 0, Run(0, "eos", "simultaneous", prompt_n=20, prompt_per_second=300.5, predicted_n=3,
+                                    predicted_per_second=45.2, ttft_ms=100.0, client_tokens_per_second=10.0,
+                                    t_end=2.0, text='def f():\n    "日本"', pieces=("def", ' f():\n    "日本"'),
+                                    t_ms=(100.0, 300.0), ids=(5, 6), counts=(1, 3))),
+            RunFinished(2.1, 1, Run(0, "loop", "simultaneous", prompt_n=20, prompt_per_second=310.0, predicted_n=3,
+                                    predicted_per_second=47.0, ttft_ms=90.0, client_tokens_per_second=11.0,
+                                    t_end=2.1, text="x", pieces=("x",), t_ms=(90.0,), ids=(7,), counts=(3,),
+                                    loop=Loop(33, 120, 4, "again"))),
             ServerExited(2.2, 0, 0, True), ServerExited(2.2, 1, 0, True),
             SideFinished(2.3, 0, "done"), SideFinished(2.3, 1, "done"),
             SessionFinished(2.4, "done")]
@@ -50,28 +58,29 @@ def events() -> list:
 
 def test_record_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "r.toml"
-    rec = SessionRecorder(path, {"name": "demo"}, {"cpu": "test", "cores": 2})
+    rec = SessionRecorder(path, {"name": "demo"}, Host(cpu="test", cores=2))
     for e in events():
         rec(e)
     data = read_record(path)
-    assert data["schema"] == SCHEMA and data["status"] == "done" and data["mode"] == "parallel"
-    assert data["schedule"] == "simultaneous" and data["server"]["version"] == "b10434 (7e4c0a9)"
-    a, b = data["sides"]
-    assert (a["cache_type_k"], a["cache_type_v"], b["cache_type_k"]) == ("q8_0", "q8_0", "q4_0")
-    assert a["kv_cache_mib"] == pytest.approx(20.72) and b["kv_cache_mib"] == pytest.approx(10.36)
-    assert "kv_estimate_mib" not in b  # None is omitted: TOML has no null
-    assert a["rss_peak_mib"] == 340.0 and a["memory_source"] == "rss"
-    run = a["runs"][0]
-    assert run["text"] == 'def f():\n    "日本"' and run["pieces"] == ["def", ' f():\n    "日本"']
-    assert run["t_ms"] == [100.0, 300.0] and run["predicted_per_second"] == 45.2
-    assert run["ids"] == [5, 6] and run["counts"] == [1, 3]
-    assert b["runs"][0]["loop"] == {"period": 33, "start": 120, "repeats": 4}
+    assert data == rec.record  # what was written is what is read back, field for field
+    assert data.schema == SCHEMA and data.status == "done" and data.mode == "parallel"
+    assert data.schedule == "simultaneous" and data.server.version == "b10434 (7e4c0a9)"
+    a, b = data.sides
+    assert (a.cache_type_k, a.cache_type_v, b.cache_type_k) == ("q8_0", "q8_0", "q4_0")
+    assert a.kv_cache_mib == pytest.approx(20.72) and b.kv_cache_mib == pytest.approx(10.36)
+    assert "kv_estimate_mib" not in tomllib.loads(path.read_text())["sides"][1]  # None is omitted: no null in TOML
+    assert a.rss_peak_mib == 340.0 and a.memory_source == "rss"
+    run = a.runs[0]
+    assert run.text == 'def f():\n    "日本"' and run.pieces == ("def", ' f():\n    "日本"')
+    assert run.t_ms == (100.0, 300.0) and run.predicted_per_second == 45.2 and run.schedule == "simultaneous"
+    assert run.ids == (5, 6) and run.counts == (1, 3)
+    assert b.runs[0].loop == Loop(33, 120, 4, "again")
     assert data == read_record(path)  # reading twice gives the same, the file is untouched
 
 
 def test_record_is_private_and_atomic(tmp_path: Path) -> None:
     path = tmp_path / "r.toml"
-    write_record(path, {"schema": SCHEMA, "sides": []})
+    write_record(path, SessionRecord())
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["r.toml"]  # no temp file left
 
@@ -79,17 +88,19 @@ def test_record_is_private_and_atomic(tmp_path: Path) -> None:
 def test_autosave_and_partial_finalize(tmp_path: Path) -> None:
     now = [0.0]
     path = tmp_path / "r.toml"
-    rec = SessionRecorder(path, {}, {}, clock=lambda: now[0])
+    rec = SessionRecorder(path, {}, Host(), clock=lambda: now[0])
     evs = events()
     for e in evs[:5]:
         rec(e)
     assert not path.exists()
     now[0] = 10.0
     rec(evs[5])
-    assert read_record(path)["status"] == "running"
+    saved = read_record(path)
+    assert saved.status == "running"
+    assert saved.sides[0].runs[0].stop == "aborted" and saved.sides[0].runs[0].pieces == ("def",)  # the open run
     rec.finalize_partial("aborted")
     data = read_record(path)
-    assert data["status"] == "aborted" and all(s["status"] == "aborted" for s in data["sides"])
+    assert data.status == "aborted" and all(s.status == "aborted" for s in data.sides)
 
 
 @pytest.mark.parametrize("content, match", [
@@ -99,7 +110,7 @@ def test_autosave_and_partial_finalize(tmp_path: Path) -> None:
     ("title = 'x'\n", "not a kvtui session record"),
     ("schema = 'kvtui.session/1'\nmode = 3\n", "mode has the wrong type"),
     ("schema = 'kvtui.session/1'\n[[sides]]\nname='a'\ncache_type_k='f16'\ncache_type_v='f16'\n"
-     "[[sides.runs]]\nstop='boom'\n", "stop = 'boom'"),
+     "[[sides.runs]]\nrun=0\nstop='boom'\n", "stop = 'boom'"),
 ])
 def test_bad_records_give_one_line(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "bad.toml"

@@ -100,9 +100,21 @@ def test_paired_speed_verdict() -> None:
     v = paired_speed([10, 10, 10, 10, 10, 10], [11, 12, 11, 10.5, 11, 13])
     assert v.wins == 6 and v.significant and v.median_change_pct == pytest.approx(10.0)
     assert "beyond noise" in str(v)
-    v = paired_speed([10, 10, 10], [11, 9, 10.2])
+    v = paired_speed([10] * 7, [11, 9, 10.2, 9.9, 10.1, 10.3, 9.8])
     assert not v.significant and "within noise" in str(v)
     assert paired_speed([None, 10], [5, None]).pairs == 0
+
+
+def test_too_few_pairs_say_so_instead_of_within_noise() -> None:
+    """Fewer than 6 pairs that differ can never reach p < 0.05 (5 of 5 gives 0.0625): the verdict says so."""
+    from kvtui.core.stats import MIN_PAIRS
+
+    assert MIN_PAIRS == 6
+    v = paired_speed([10, 10, 10], [11, 12, 13])
+    assert str(v) == "tg: 3/3 pairs faster, sign test p=0.25: 3 pairs: too few to tell, 6 or more needed"
+    tied = paired_speed([10] * 7, [10, 10, 11, 11, 11, 11, 11])  # two ties: 5 pairs differ
+    assert "5 of 7 pairs differ: too few to tell" in str(tied) and "noise" not in str(tied)
+    assert "%" not in str(v), "the change itself is on the comparison line, once"
 
 
 def test_paired_pass_is_mcnemar_on_discordant_pairs() -> None:
@@ -112,15 +124,18 @@ def test_paired_pass_is_mcnemar_on_discordant_pairs() -> None:
 
 
 def test_reply_loop_needs_different_prompts() -> None:
+    from kvtui.core.record import Run
     from kvtui.core.summary import reply_loop
 
+    def run(prompt: str, text: str) -> Run:
+        return Run(0, "eos", prompt=prompt, text=text)
+
     stuck = "I will now write the file. Done."
-    runs = [{"prompt": "a", "text": "def f(): return 1"}] + [
-        {"prompt": p, "text": stuck} for p in ("b", "c", "d")]
+    runs = [run("a", "def f(): return 1")] + [run(p, stuck) for p in ("b", "c", "d")]
     assert reply_loop(runs) == (1, 3)
-    same_prompt = [{"prompt": "a", "text": stuck} for _ in range(4)]  # greedy repeats agree by design
+    same_prompt = [run("a", stuck) for _ in range(4)]  # greedy repeats agree by design
     assert reply_loop(same_prompt) is None
-    varied = [{"prompt": p, "text": t} for p, t in (("a", "one answer"), ("b", "another one"), ("c", "a third"))]
+    varied = [run(p, t) for p, t in (("a", "one answer"), ("b", "another one"), ("c", "a third"))]
     assert reply_loop(varied) is None
 
 

@@ -5,33 +5,32 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ...core.summary import SideSummary, clean_finish, compare
+from ...core.stats import PairedVerdict
+from ...core.summary import SideComparison, SideSummary, clean_finish
 
 
 class ComparisonStrip(Static):
     """E.g. ``q4_0 vs q8_0: tg +6%  pp +9%  KV -47%  ·  clean finish: q4_0``."""
 
-    def show(self, summaries: list[SideSummary], contended: bool, verdicts: list | None = None) -> None:
-        """Redraw from per-side summaries (sides without runs are left out)."""
+    def show(self, summaries: list[SideSummary], comparisons: list[SideComparison],
+             verdicts: list[tuple[str, str, PairedVerdict]] | None = None) -> None:
+        """Redraw from per-side summaries and the comparisons of the sides that have runs."""
         verdicts = verdicts or []
         done = [s for s in summaries if s.runs]
         if len(done) < 2:
             self.update(Text("comparison appears when two sides have finished a run", style="dim"))
             return
-        base = done[0]
         t = Text()
-        for other in done[1:]:
-            t.append(f"{other.name} vs {base.name}: ", style="bold")
-            d = compare(base, other)
-            for key, label, better_low in (("tg", "tg", False), ("pp", "pp", False), ("kv", "KV", True),
-                                           ("ttft", "TTFT", True)):
-                v = d[key]
-                if v is None:
-                    continue
-                good = (v < 0) if better_low else (v > 0)
-                t.append(f"{label} ")
-                t.append(f"{v:+.0f}%", style="green" if good else "red" if abs(v) >= 1 else "")
+        for c in comparisons:
+            t.append(f"{c.title}: ", style="bold")
+            for change in c.changes:
+                t.append(f"{change.label} ")
+                t.append(f"{change.pct:+.0f}%", style="green" if change.good else "red" if abs(change.pct) >= 1 else "")
+                if change.note:
+                    t.append(f" ({change.note})", style="dim")
                 t.append("  ")
+            if c.skipped:
+                t.append(c.skipped + "  ", style="yellow")
             t.append(" ")
         if any(s.answers_checked for s in done):
             t.append("· answers ", style="dim")
@@ -40,7 +39,7 @@ class ComparisonStrip(Static):
         clean = [s.name for s in done if clean_finish(s)]
         t.append("· clean finish: ", style="dim")
         t.append(", ".join(clean) if clean else "none", style="bold")
-        if contended:
+        if any(s.contended for s in done):
             t.append("  · simultaneous: the servers shared the hardware", style="yellow")
         for base, other, v in verdicts:
             if v.pairs > 1:

@@ -11,13 +11,15 @@ from textual.widgets import Static, TextArea
 from textual.widgets.text_area import Selection
 
 from ...core.state import SideState
+from ...core.vocab import FAILED, SideStatus, StopReason
 from .memory_meter import MemoryMeter
 from .rate_gauge import RateGauge
 
-STATUS_STYLE = {
-    "waiting": "dim", "starting": "yellow", "loading": "yellow", "warmed up": "yellow", "warming": "yellow",
-    "generating": "bold green", "done": "bold cyan", "aborted": "bold yellow", "crashed": "bold red",
-    "error": "bold red", "looping": "bold red",
+STATUS_STYLE: dict[str, str] = {
+    SideStatus.WAITING: "dim", SideStatus.STARTING: "yellow", SideStatus.LOADING: "yellow",
+    SideStatus.READY: "yellow", SideStatus.WARMED_UP: "yellow", SideStatus.WARMING: "yellow",
+    SideStatus.GENERATING: "bold green", SideStatus.DONE: "bold cyan", SideStatus.ABORTED: "bold yellow",
+    SideStatus.CRASHED: "bold red", SideStatus.ERROR: "bold red", SideStatus.LOOPING: "bold red",
 }
 _LOG_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [IWED] ")
 
@@ -113,15 +115,18 @@ class GenerationPane(Vertical):
         status = s.status
         if s.loop is not None:
             status = f"LOOP {s.loop[0]}-token cycle ×{s.loop[2]}"
-        style = STATUS_STYLE.get("looping" if s.loop else s.status, "")
+        style = STATUS_STYLE.get(SideStatus.LOOPING if s.loop else s.status, "")
         subtitle = f"[{style}] {status} [/]" if style else f" {status} "
         if self._changed("subtitle", subtitle):
             self.border_subtitle = subtitle
-        # once a run ends: the server's own rate, or kvtui's when the server sent none (aborted, loop)
-        final = (s.predicted_per_second or s.meter.average) if s.stop is not None else None
-        gauge = (s.meter.current(now), s.meter.average, tuple(s.rates), final)
+        # once a run ends: the server's own rate, or kvtui's (marked) when the server sent none (aborted, loop)
+        own = s.stop is not None and s.predicted_per_second is None
+        final = None
+        if s.stop is not None:
+            final = s.predicted_per_second if not own else (s.client_tokens_per_second or s.meter.average)
+        gauge = (s.meter.current(now), s.meter.average, tuple(s.rates), final, own)
         if self._changed("gauge", gauge):
-            self.query_one(RateGauge).show(gauge[0], gauge[1], s.rates, final)
+            self.query_one(RateGauge).show(gauge[0], gauge[1], s.rates, final, own=own)
         figures = self._figures()
         if self._changed("figures", figures.plain):
             self.query_one(".pane-figures", Static).update(figures)
@@ -134,9 +139,9 @@ class GenerationPane(Vertical):
             self.query_one(".pane-alert", Static).update(alert)
             self.set_class(bool(alert), "-alert")
         classes = {
-            "-streaming": s.status == "generating", "-looping": s.loop is not None,
-            "-crashed": s.status in ("crashed", "error"), "-done": s.status == "done",
-            "-waiting": s.status == "waiting", "-aborted": s.status == "aborted",
+            "-streaming": s.status == SideStatus.GENERATING, "-looping": s.loop is not None,
+            "-crashed": s.status in FAILED, "-done": s.status == SideStatus.DONE,
+            "-waiting": s.status == SideStatus.WAITING, "-aborted": s.status == SideStatus.ABORTED,
         }
         if self._changed("classes", tuple(classes.values())):
             self.update_classes(classes)
@@ -159,7 +164,7 @@ class GenerationPane(Vertical):
         t.append(f"{s.tokens:,}")
         if s.stop:
             t.append("   stop ", style="dim")
-            t.append(s.stop, style="bold red" if s.stop in ("loop", "error") else "bold")
+            t.append(s.stop, style="bold red" if s.stop in (StopReason.LOOP, StopReason.ERROR) else "bold")
         if s.run:
             t.append(f"   run {s.run + 1}", style="dim")
         div = self.app.state.divergence(self.index)
@@ -175,7 +180,7 @@ class GenerationPane(Vertical):
         s = self.state
         assert s is not None
         t = Text()
-        if s.status == "waiting" and s.waiting_reason:
+        if s.status == SideStatus.WAITING and s.waiting_reason:
             t.append(f"waiting: {s.waiting_reason}", style="italic dim")
         if s.loop is not None:
             t.append(f"repetition loop from token {s.loop[1]}: ", style="bold red")

@@ -22,13 +22,18 @@ class RateGauge(Horizontal):
         yield Static("avg –", id="rate-avg")
         yield Sparkline([], summary_function=max)
 
-    def show(self, current: float | None, average: float | None, history: list[float], final: float | None) -> None:
-        """Redraw: ``final`` (the run's figure) replaces the live rate once a run ends."""
+    def show(self, current: float | None, average: float | None, history: list[float], final: float | None,
+             own: bool = False) -> None:
+        """Redraw: ``final`` (the run's figure) replaces the live rate once a run ends.
+
+        ``own``: ``final`` is kvtui's own rate (the server sent no timings for a run cut short): marked
+        ``~`` and ``kvtui``, never shown as the server's figure.
+        """
         now = self.query_one("#rate-now", Static)
         avg = self.query_one("#rate-avg", Static)
         if final is not None:
-            now.update(f"{final:,.1f} tok/s")
-            avg.update("run")
+            now.update(f"~{final:,.1f} tok/s" if own else f"{final:,.1f} tok/s")
+            avg.update("run (kvtui's rate)" if own else "run")
         else:
             now.update(f"{current:,.1f} tok/s" if current is not None else "– tok/s")
             avg.update(f"avg {average:,.1f}" if average is not None else "avg –")

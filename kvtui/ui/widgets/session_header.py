@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from ...core.events import SessionStarted
+from ...core.vocab import Schedule, SessionStatus
 
 
 class SessionHeader(Static):
@@ -30,10 +31,10 @@ class SessionHeader(Static):
         t.append(e.mode, style="bold")
         t.append(f" ({e.mode_reason})")
         t.append("   schedule ", style="dim")
-        t.append(e.schedule, style="bold yellow" if e.schedule == "simultaneous" else "bold")
-        if e.schedule == "simultaneous" and len(e.sides) > 1:
+        t.append(e.schedule, style="bold yellow" if e.schedule == Schedule.SIMULTANEOUS else "bold")
+        if e.schedule == Schedule.SIMULTANEOUS and len(e.sides) > 1:
             t.append(" – figures are contended", style="yellow")
         if finished:
             t.append("   session ", style="dim")
-            t.append(finished, style="bold green" if finished == "done" else "bold red")
+            t.append(finished, style="bold green" if finished == SessionStatus.DONE else "bold red")
         self.update(t)

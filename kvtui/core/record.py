@@ -1,0 +1,400 @@
+"""The session record: one typed model, the only writer and reader of the TOML file.
+
+A record is a :class:`SessionRecord` holding :class:`Side` s, each holding :class:`Run` s. Every key is
+declared once, below, with its type, default and meaning: reading checks each value against its type
+(a one-line ``RecordError`` naming the key), writing leaves out what is unknown (TOML has no null), and
+the README's key table is the same declarations (``python -m kvtui.core.record``). A
+:class:`RunAccumulator` builds a run while it streams (the runner's, and the recorder's for autosaves).
+
+``kvtui.session/2`` adds each run's ``schedule`` and the loop's text; a ``kvtui.session/1`` record is
+read as /2, every run taking the session's schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from .checks import TaskCheck
+from .errors import RecordError
+from .loops import Loop
+from .tomlmodel import dump, key, load, markdown_table
+from .vocab import FAILED, Schedule, SessionStatus, SideStatus, StopReason
+
+SCHEMA = "kvtui.session/2"
+SCHEMA_V1 = "kvtui.session/1"
+READABLE = (SCHEMA_V1, SCHEMA)
+CUT_SHORT = "cut short: kvtui ended before the run finished"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One measured request of a side."""
+
+    run: int = key("run number on this side, 0-based (a rerun goes on counting)")
+    stop: StopReason = key("why it ended: end of text, `n_predict` or the context, a stop string, a loop kvtui "
+                           "stopped, aborted, or an error")
+    schedule: Schedule | None = key("how its figures were taken: `simultaneous` (with the other sides, contended), "
+                                    "`alternate` (one request at a time) or `solo` (its server alone); a "
+                                    "kvtui.session/1 record's runs take the session's `schedule`", None)
+    prompt: str = key("the name of the suite's prompt it answered", "")
+    repeat: int = key("which repeat of that prompt, 0-based (runs of two sides pair by prompt and repeat)", 0)
+    seed: int | None = key("the sampler seed it used (the profile's seed + repeat)", None)
+    prompt_n: int | None = key("prompt tokens, the server's count", None)
+    prompt_per_second: float | None = key("prompt processing tokens/s, the server's own timing (pp)", None)
+    predicted_n: int | None = key("tokens generated, the server's count (its last count for a run cut short)", None)
+    predicted_per_second: float | None = key("generation tokens/s, the server's own timing (tg); absent for a run "
+                                             "cut short, since the server sends no timings then", None)
+    ttft_ms: float | None = key("request sent to first token, measured by kvtui", None)
+    client_tokens_per_second: float | None = key(
+        "generation tokens/s measured by kvtui, `(n_last - n_first) / (t_last - t_first)` as the server defines "
+        "it; stands in for tg only where no run of the side has the server's figure, shown as `~14.0 (kvtui)`, "
+        "and never compared with a server's figure", None)
+    t_sent: float | None = key("when the request was sent, seconds since the session started", None)
+    t_end: float | None = key("when the run ended, seconds since the session started", None)
+    text: str = key("the generated text", "")
+    pieces: tuple[str, ...] = key("each streamed piece of text, in order (for replay)", ())
+    t_ms: tuple[float, ...] = key("each piece's arrival, ms after the request", ())
+    ids: tuple[int, ...] = key("each piece's last token id (-1: unknown)", ())
+    counts: tuple[int, ...] = key("the server's token count at each piece", ())
+    loop: Loop | None = key("the repetition loop found in it: with `stop_on_loop` where it stopped, otherwise the "
+                            "last one reported", None)
+    error: str | None = key("what went wrong in this run", None)
+    check: TaskCheck | None = key("the task check of its text", None)
+    top_ids: tuple[tuple[int, ...], ...] = key("with `n_probs`: per piece, the top-N token ids", ())
+    top_logprobs: tuple[tuple[float, ...], ...] = key("with `n_probs`: their log-probabilities (before sampling)",
+                                                      ())
+
+    def problem(self) -> str | None:
+        """What is inconsistent in it (checked when read), or None."""
+        n = len(self.pieces)
+        if len(self.t_ms) != n or any(len(x) not in (0, n) for x in (self.ids, self.counts)):
+            return "pieces and t_ms differ in length"
+        return None
+
+    @property
+    def measured(self) -> bool:
+        """Its figures count: it did not fail, or it streamed tokens before it failed."""
+        return self.stop != StopReason.ERROR or bool(self.predicted_n)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLoop:
+    """Consecutive runs whose replies are near-identical although their prompts differ."""
+
+    first_run: int = key("index of the first of those runs")
+    runs: int = key("how many runs in a row")
+
+
+@dataclass(slots=True)
+class Side:
+    """One configuration under test, and its server."""
+
+    name: str = key("the side's name")
+    cache_type_k: str = key("`-ctk`, the K cache type")
+    cache_type_v: str = key("`-ctv`, the V cache type")
+    status: SideStatus = key("where the side is; in a finished record `done`, `aborted`, `crashed` (its server "
+                             "died) or `error` (a request failed)", SideStatus.WAITING)
+    argv: tuple[str, ...] = key("the server's command line (API key masked)", ())
+    kv_estimate_mib: float | None = key("kvtui's KV cache estimate from the GGUF metadata", None)
+    kv_cache_mib: float | None = key("KV cache size the server printed (`llama_kv_cache: size = ...`, summed)", None)
+    port: int | None = key("the server's port", None)
+    log: str | None = key("the server's log file", None)
+    pid: int | None = key("the server's process id", None)
+    n_ctx: int | None = key("the context the server really has (`/props`)", None)
+    build: str | None = key("the server's build (`/props`)", None)
+    flash_attn: str | None = key("flash attention as the server's log says: `enabled`, `disabled`, `auto`", None)
+    warnings: tuple[str, ...] = key("what the server's log says it did differently from what was asked", ())
+    load_s: float | None = key("seconds from start to answering /health", None)
+    warmup_ms: float | None = key("the warm-up request's duration", None)
+    t_start: float | None = key("server started, seconds since the session started", None)
+    t_ready: float | None = key("server answered /health, seconds since the session started", None)
+    t_warm: float | None = key("warm-up done, seconds since the session started", None)
+    t_exit: float | None = key("server exited, seconds since the session started", None)
+    memory_source: Literal["nvml", "rss"] | None = key("`nvml` (VRAM of the process) or `rss` (no NVIDIA GPU)", None)
+    vram_peak_mib: float | None = key("the server process's peak VRAM (NVML)", None)
+    rss_peak_mib: float | None = key("the server process's peak RSS (no GPU)", None)
+    gpu_name: str | None = key("the GPU NVML reported", None)
+    gpu_total_mib: float | None = key("that GPU's memory", None)
+    gpu_used_peak_mib: float | None = key("peak memory used on that GPU by every process", None)
+    memory_t: list[float] = key("memory samples, one per second: seconds since the session started", factory=list)
+    memory_mib: list[float] = key("the process's memory at each of those times", factory=list)
+    error: str | None = key("why the side failed: the cause and, in brackets, the fix", None)
+    exit_code: int | None = key("the server's exit status", None)
+    log_tail: tuple[str, ...] | None = key("the last log lines of a server that died", None)
+    reply_loop: ReplyLoop | None = key("a loop of replies (the turn-level loop)", None)
+    runs: list[Run] = key("every measured request, in order", factory=list)
+
+    def problem(self) -> str | None:
+        if len(self.memory_t) != len(self.memory_mib):
+            return "memory_t and memory_mib differ in length"
+        return None
+
+    @property
+    def cache(self) -> str:
+        return f"K {self.cache_type_k} / V {self.cache_type_v}"
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """The machine (keys absent where unknown)."""
+
+    os: str | None = key("operating system and kernel", None)
+    machine: str | None = key("CPU architecture", None)
+    cpu: str | None = key("CPU model", None)
+    cores: int | None = key("logical CPU cores", None)
+    ram_mib: float | None = key("total RAM", None)
+    gpu_name: str | None = key("the first NVIDIA GPU NVML sees", None)
+    gpu_count: int | None = key("how many NVIDIA GPUs", None)
+    gpu_total_mib: float | None = key("the first GPU's memory", None)
+    gpu_driver: str | None = key("the NVIDIA driver", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """The llama-server every side ran."""
+
+    bin: str | None = key("its path", None)
+    version: str | None = key("its version text, e.g. `b10434 (7e4c0a9)`", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """The GGUF model every side loaded."""
+
+    path: str | None = key("its path", None)
+    name: str | None = key("`general.name`, or the file name", None)
+    size_mib: float | None = key("the file's size", None)
+    arch: str | None = key("`general.architecture`", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Where another side's generation parts from side 0's, for one prompt and repeat."""
+
+    base: str = key("side 0's name")
+    other: str = key("the other side's name")
+    prompt: str = key("the prompt", "")
+    repeat: int = key("the repeat", 0)
+    identical: bool = key("the two runs produced the same token ids", False)
+    first_divergence: int | None = key("index of the first differing token (absent when identical)", None)
+    prefix_agreement: float = key("share of positions equal before it", 0.0)
+    alignment: float = key("matched tokens / the longer length, after aligning the two (difflib on token ids)", 0.0)
+    top1_agreement: float | None = key("with `n_probs`: share of the common prefix whose most likely token agrees",
+                                       None)
+    kl_mean: float | None = key("with `n_probs`: mean KL divergence of the two top-N distributions over the common "
+                                "prefix, nats", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A paired test of another side against side 0 on one measure."""
+
+    base: str = key("side 0's name")
+    other: str = key("the other side's name")
+    measure: str = key("`tg`, `pp` (speed: sign test) or `answers` (McNemar exact)")
+    pairs: int = key("pairs of runs with the same prompt, seed and kind of schedule", 0)
+    wins: int = key("pairs where the other side was faster, or right where side 0 was wrong", 0)
+    losses: int = key("the opposite", 0)
+    p: float = key("the exact two-sided p-value", 1.0)
+    median_change_pct: float | None = key("median of the paired changes (answers: change of the pass rate), %", None)
+    significant: bool = key("p < 0.05 (needs 6 or more pairs that differ)", False)
+    test: str = key("`sign test` or `McNemar exact`", "")
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """A whole session: what ran, where, how, and every run of every side."""
+
+    schema: str = key(f"the record's layout, `{SCHEMA}` (kvtui also reads `{SCHEMA_V1}`)", SCHEMA)
+    kvtui_version: str = key("the kvtui that wrote it", "")
+    created: str = key("when the session started (ISO 8601, local time with offset)", "")
+    status: SessionStatus = key("`running` (autosaved mid-run, or kvtui was killed), `done`, `failed` (a side "
+                                "crashed or errored, in any run or rerun), `aborted`", SessionStatus.RUNNING)
+    duration_s: float | None = key("session length", None)
+    mode: Literal["parallel", "sequential"] | None = key("`parallel` or `sequential`", None)
+    mode_reason: str = key("why: the memory plan or your flag", "")
+    schedule: Schedule | None = key("the session's schedule as planned; each run says how it really ran", None)
+    error: str | None = key("what stopped the whole session", None)
+    warnings: tuple[str, ...] = key("what the plan found legal but likely not meant (e.g. chat prompts for a model "
+                                    "without a chat template)", ())
+    host: Host = key("the machine", factory=Host)
+    server: Server = key("the llama-server", factory=Server)
+    model: Model = key("the model", factory=Model)
+    profile: dict[str, Any] = key("the profile as run, with the model path resolved (see Profiles)", factory=dict)
+    sides: list[Side] = key("one table per side", factory=list)
+    comparisons: list[Comparison] = key("divergence: per other side, prompt and repeat, against side 0",
+                                        factory=list)
+    verdicts: list[Verdict] = key("paired tests: per other side and measure, against side 0", factory=list)
+
+    def to_toml(self) -> dict[str, Any]:
+        """The record as TOML-ready data."""
+        return dump(self)
+
+
+class RunAccumulator:
+    """One run while it streams: what it has gathered, and the :class:`Run` it becomes.
+
+    Args:
+        run: the run number on its side.
+        t_sent: when the request was sent (seconds since the session started).
+        prompt, repeat, seed, schedule: as in :class:`Run`.
+    """
+
+    def __init__(self, run: int, t_sent: float, prompt: str = "", repeat: int = 0, seed: int | None = None,
+                 schedule: Schedule | None = None) -> None:
+        self.run, self.t_sent, self.prompt, self.repeat, self.seed, self.schedule = (
+            run, t_sent, prompt, repeat, seed, schedule)
+        self.pieces: list[str] = []
+        self.t_ms: list[float] = []
+        self.ids: list[int] = []
+        self.counts: list[int] = []
+        self.tops: list[tuple[tuple[int, float], ...]] = []
+        self.first: tuple[float, int] | None = None  # (time, server count) of the first and last pieces
+        self.last: tuple[float, int] | None = None
+        self.loop: Loop | None = None  # the runner sets it as its detector reports
+
+    def add(self, t: float, n: int, text: str, token_id: int | None = None,
+            top: tuple[tuple[int, float], ...] | None = None) -> None:
+        """One streamed piece: its time, the server's token count, its text, its last token id, its top-N."""
+        if self.first is None:
+            self.first = (t, n)
+        self.last = (t, n)
+        self.pieces.append(text)
+        self.t_ms.append(round((t - self.t_sent) * 1000, 1))
+        self.ids.append(token_id if token_id is not None else -1)
+        self.counts.append(n)
+        if top is not None:
+            self.tops.append(top)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def finish(self, t_end: float | None, stop: StopReason | str, *, timings: Mapping[str, Any] | None = None,
+               error: str | None = None, check: TaskCheck | None = None) -> Run:
+        """The run as recorded.
+
+        Args:
+            t_end: when it ended (None: unknown, a run cut short by kvtui's end).
+            stop: why.
+            timings: the server's ``timings`` object, when it sent one.
+            error: what went wrong.
+            check: the task check of its text.
+        """
+        timings = timings or {}
+        ttft = (self.first[0] - self.t_sent) * 1000 if self.first else None
+        client = None
+        if self.first and self.last and self.last[0] > self.first[0]:
+            client = (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+        tops = self.tops if self.tops and len(self.tops) == len(self.pieces) else []
+        return Run(
+            run=self.run, stop=StopReason(stop), schedule=self.schedule, prompt=self.prompt, repeat=self.repeat,
+            seed=self.seed, prompt_n=_int(timings.get("prompt_n")),
+            prompt_per_second=_r(timings.get("prompt_per_second")),
+            predicted_n=_int(timings.get("predicted_n", self.last[1] if self.last else 0)),
+            predicted_per_second=_r(timings.get("predicted_per_second")), ttft_ms=_r(ttft),
+            client_tokens_per_second=_r(client), t_sent=round(self.t_sent, 3),
+            t_end=None if t_end is None else round(t_end, 3), text=self.text, pieces=tuple(self.pieces),
+            t_ms=tuple(self.t_ms), ids=tuple(self.ids), counts=tuple(self.counts), loop=self.loop, error=error,
+            check=check, top_ids=tuple(tuple(i for i, _ in t) for t in tops),
+            top_logprobs=tuple(tuple(round(lp, 4) for _, lp in t) for t in tops))
+
+    def cut_short(self) -> Run:
+        """The run as saved when kvtui ends (or autosaves) before it finished: what streamed, marked aborted."""
+        return self.finish(None, StopReason.ABORTED, error=CUT_SHORT)
+
+
+def _r(x: Any) -> float | None:
+    return round(float(x), 3) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
+def _int(x: Any) -> int | None:
+    return int(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
+# -- the file ------------------------------------------------------------------------------------
+
+
+def write_record(path: Path, record: SessionRecord) -> None:
+    """Write the record atomically: temp file in the same folder, fsync, rename; mode 0600 (it holds the prompt)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = record.to_toml()
+    data["schema"] = SCHEMA  # the layout written is always the current one
+    payload = tomli_w.dumps(data, multiline_strings=True).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_record(path: str | Path) -> SessionRecord:
+    """Read and check a record; never modifies the file.
+
+    Raises:
+        RecordError: missing, not TOML, another schema, or a key missing or of the wrong type (one line).
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise RecordError(f"{p}: no such record", "check the path (records are in sessions/)") from None
+    except OSError as exc:
+        raise RecordError(f"{p}: cannot read: {exc.strerror}") from None
+    if not raw.strip():
+        raise RecordError(f"{p}: the file is empty", "the run that wrote it may have been killed before saving")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RecordError(f"{p}: not a valid TOML record: {exc}", "the file is truncated or was edited badly") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise RecordError(f"{p}: not a valid TOML record: nested too deeply",
+                          "this is not a kvtui session record") from None
+    schema = data.get("schema")
+    if schema not in READABLE:
+        if isinstance(schema, str) and schema.startswith("kvtui.session/"):
+            raise RecordError(f"{p}: schema {schema!r} is newer than this kvtui reads ({SCHEMA!r})",
+                              "a newer kvtui wrote it: upgrade kvtui")
+        if "sides" in data and ("prompt" in data or "prompts" in data):
+            raise RecordError(f"{p}: this is a profile, not a session record",
+                              f"run it with `kvtui run {p}`; `kvtui show` and `kvtui replay` take records")
+        raise RecordError(f"{p}: not a kvtui session record (no schema = {SCHEMA!r})",
+                          "this is not a kvtui session record")
+    record = load(SessionRecord, data, "", str(p))
+    return _upgrade_v1(record) if schema == SCHEMA_V1 else record
+
+
+def _upgrade_v1(record: SessionRecord) -> SessionRecord:
+    """A kvtui.session/1 record as /2: its runs take the session's schedule; a failed side makes it ``failed``."""
+    for side in record.sides:
+        side.runs = [r if r.schedule is not None else replace(r, schedule=record.schedule) for r in side.runs]
+    if record.status == SessionStatus.DONE and any(s.status in FAILED for s in record.sides):
+        record.status = SessionStatus.FAILED  # a /1 record said done after a rerun that failed
+    record.schema = SCHEMA
+    return record
+
+
+def keys_markdown() -> str:
+    """The README's key table, made from the declarations above."""
+    return markdown_table(SessionRecord)
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the README's table
+    print(keys_markdown(), end="")
+
