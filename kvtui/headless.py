@@ -171,7 +171,7 @@ class HeadlessConsole:
             for base, other, v in found:
                 self.console.print(f"  {other} vs {base}: {v}")
         for line in divergence_lines(record):
-            self.console.print(line)
+            self.console.print(line, soft_wrap=True)  # one line each, even in a log file
         for s in summaries:
             if s.reply_loop is not None:
                 first, count = s.reply_loop
@@ -221,9 +221,10 @@ def divergence_lines(record: SessionRecord) -> list[str]:
         cs = [c for c in comps if (c.base, c.other) == key]
         same = sum(1 for c in cs if c.identical)
         firsts = [c.first_divergence for c in cs if c.first_divergence is not None]
+        unit = "piece" if any(c.basis == "pieces" for c in cs) else "token"
         text = f"{key[1]} vs {key[0]}: identical in {same}/{len(cs)} runs"
         if firsts:
-            text += f"; first different token at {statistics.median(firsts):g} (median)"
+            text += f"; first different {unit} at {statistics.median(firsts):g} (median)"
         text += f"; aligned agreement {statistics.mean(c.alignment for c in cs):.0%}"
         top1 = [c.top1_agreement for c in cs if c.top1_agreement is not None]
         kls = [c.kl_mean for c in cs if c.kl_mean is not None]
@@ -231,5 +232,7 @@ def divergence_lines(record: SessionRecord) -> list[str]:
             text += f"; top-1 agreement {statistics.mean(top1):.1%}"
         if kls:
             text += f", KL {statistics.mean(kls):.4f} nats"
+        if unit == "piece":
+            text += " (compared by streamed pieces: the chat stream sent no token ids)"
         out.append(text)
     return out

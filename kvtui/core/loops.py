@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -310,3 +311,16 @@ def replies_loop(replies: list[str], *, min_run: int = 3,
             return start, i - start
         start = i
     return None
+
+
+def piece_key(text: str) -> int | None:
+    """A stand-in token id for a piece whose id the server did not send (a chat stream asks for no logprobs).
+
+    Chat streams carry token ids only with ``logprobs``, which would make the
+    server softmax and sort its whole vocabulary at every token (10+ ms for a
+    262k vocabulary) and so slow down the generation being measured. A chat
+    event usually carries one token's text (24 of 24 on b10434; a reasoning or
+    tool-call parser may merge some), so equal texts stand for equal tokens and
+    verbatim loops are still found, live. Keys stay clear of real ids (< 2**32).
+    """
+    return (1 << 40) + zlib.crc32(text.encode("utf-8")) if text else None

@@ -192,6 +192,8 @@ class Comparison:
                                        None)
     kl_mean: float | None = key("with `n_probs`: mean KL divergence of the two top-N distributions over the common "
                                 "prefix, nats", None)
+    basis: str = key("what was compared: `ids` (token ids), or `pieces` (the streamed texts, for chat runs whose "
+                     "stream carried no token ids)", "ids")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
-from .loops import LoopDetector
+from .loops import LoopDetector, piece_key
 from .plan import Plan
 from .profiles import Prompt
 from .record import RunAccumulator
@@ -397,21 +397,6 @@ class Runner:
         if any(v == "aborted" for v in values):
             return "aborted"
         return "done"
-
-
-def piece_key(text: str) -> int | None:
-    """A stand-in token id for a piece whose id the server did not send (a chat stream asks for no logprobs).
-
-    Chat streams carry token ids only with ``logprobs``, which would make the
-    server softmax and sort its whole vocabulary at every token (10+ ms for a
-    262k vocabulary) and so slow down the generation being measured. A chat
-    event usually carries one token's text (24 of 24 on b10434; a reasoning or
-    tool-call parser may merge some), so equal texts stand for equal tokens and
-    verbatim loops are still found, live. Keys stay clear of real ids (< 2**32).
-    """
-    import zlib
-
-    return (1 << 40) + zlib.crc32(text.encode("utf-8")) if text else None
 
 
 def _r(x: float | None) -> float | None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .divergence import compare as compare_runs
+from .loops import piece_key
 from .metrics import Spread, pct_change, spread
 from .record import Comparison, Run, SessionRecord, Side, Verdict
 from .stats import PairedVerdict, paired_pass, paired_speed
@@ -295,13 +296,18 @@ def divergences(record: SessionRecord) -> list[Comparison]:
         for a, b in pair_runs(sides[0].runs, sides[other].runs):
             if not a.ids or not b.ids:
                 continue
-            d = compare_runs(a.ids, b.ids, _tops(a), _tops(b))
+            if -1 in a.ids or -1 in b.ids:  # no token ids (a chat stream): compare the streamed pieces instead
+                basis = "pieces"
+                d = compare_runs([piece_key(p) or 0 for p in a.pieces], [piece_key(p) or 0 for p in b.pieces])
+            else:
+                basis = "ids"
+                d = compare_runs(a.ids, b.ids, _tops(a), _tops(b))
             out.append(Comparison(
                 base=sides[0].name, other=sides[other].name, prompt=a.prompt, repeat=a.repeat,
                 identical=d.first is None, first_divergence=d.first, prefix_agreement=round(d.prefix_agreement, 4),
                 alignment=round(d.alignment, 4),
                 top1_agreement=None if d.top1_agreement is None else round(d.top1_agreement, 4),
-                kl_mean=None if d.kl_mean is None else round(d.kl_mean, 6)))
+                kl_mean=None if d.kl_mean is None else round(d.kl_mean, 6), basis=basis))
     return out
 
 

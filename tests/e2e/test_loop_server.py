@@ -133,3 +133,9 @@ Write a Python function `is_palindrome(s)` that ignores case and punctuation, wi
         assert run.stop == "loop", (side.name, run.stop, run.text[-300:])
         assert run.predicted_n < N_PREDICT
         assert run.text.endswith(run.pieces[-1])
+    # never "identical" for two different texts: without ids the streamed pieces are compared, and it says so
+    (comparison,) = data.comparisons
+    a, b = (side.runs[0] for side in data.sides)
+    assert comparison.basis == "pieces"
+    assert comparison.identical == (a.pieces == b.pieces)
+    assert "compared by streamed pieces: the chat stream sent no token ids" in out
