@@ -35,7 +35,10 @@ def test_show_one_record(capsys) -> None:
 def test_show_loops_and_crash(capsys) -> None:
     code, out, _ = run_cli(capsys, "show", str(SESSIONS / "loop.toml"), str(SESSIONS / "crash.toml"))
     assert code == 0
-    assert "loop" in out and "from 0" in out  # where each loop began
+    lines = out.splitlines()
+    # each looping side's row names its cycle, where it began and how often it repeated (not just the file name)
+    assert any(ln.startswith("q8_0 ") and "26-tok from 0 x3" in ln and " loop " in ln for ln in lines), out
+    assert any(ln.startswith("q4_0 ") and "24-tok from 0 x3" in ln for ln in lines), out
     assert "status failed" in out and "error" in out
     assert "across records" in out
 
