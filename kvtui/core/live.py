@@ -12,12 +12,13 @@ from dataclasses import replace
 
 from .events import Event
 from .launch import Prepared
+from .plan import Plan
 from .runner import Runner
 from .session import SessionRecorder, default_record_path
 
 
 class LiveSession:
-    """Runs a prepared plan, records it, and fans its events out to ``sinks``.
+    """Runs a prepared plan, records it, and fans its events out to ``sinks`` (an ``EventSource``).
 
     Args:
         prepared: from :func:`kvtui.core.launch.prepare`.
@@ -32,6 +33,14 @@ class LiveSession:
     @property
     def recorder(self) -> SessionRecorder:
         return self.prepared.recorder
+
+    @property
+    def plan(self) -> Plan:
+        return self.prepared.plan
+
+    def finalize(self, status: str = "aborted") -> None:
+        """Mark the record cut short (a signal, a quit mid-run) and save it; runs still streaming are kept."""
+        self.recorder.finalize_partial(status)
 
     def emit(self, event: Event) -> None:
         self.recorder.handle(event)

@@ -203,6 +203,15 @@ class Replayer:
     def kill_now(self) -> None:
         return None
 
+    @property
+    def plan(self) -> None:
+        """A replay runs no plan."""
+        return None
+
+    def finalize(self, status: str = "aborted") -> None:
+        """Nothing to save: a replay never writes its record."""
+        return None
+
     def save(self) -> str | None:
         return None
 

@@ -1,0 +1,34 @@
+"""Both producers of the event stream offer the one protocol the front ends drive."""
+
+from __future__ import annotations
+
+import inspect
+
+from kvtui.core.live import LiveSession
+from kvtui.core.replay import Replayer
+from kvtui.core.source import EventSource, ReplayControls
+
+
+def _members(proto: type) -> set[str]:
+    return {n for n in vars(proto) if not n.startswith("_")} | set(getattr(proto, "__annotations__", {}))
+
+
+def test_live_session_and_replayer_offer_every_member_of_the_protocol() -> None:
+    for cls in (LiveSession, Replayer):
+        missing = [m for m in _members(EventSource) if not hasattr(cls, m) and m not in ("sinks",)]
+        assert not missing, f"{cls.__name__} lacks {missing}"
+        for name in _members(EventSource) - {"sinks", "recorder", "plan"}:
+            ours, theirs = getattr(cls, name), getattr(EventSource, name)
+            assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs), (cls.__name__, name)
+
+
+def test_only_a_replay_has_replay_controls(tmp_path) -> None:
+    from pathlib import Path
+
+    from kvtui.core.session import read_record
+
+    record = read_record(Path(__file__).resolve().parents[1] / "data" / "sessions" / "demo.toml")
+    replay = Replayer(record)
+    assert isinstance(replay, ReplayControls)
+    assert replay.plan is None and replay.side_count() == 2
+    assert not all(hasattr(LiveSession, m) for m in ("toggle_pause", "set_speed", "jump_to_end"))
