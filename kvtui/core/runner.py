@@ -166,7 +166,8 @@ class Runner:
         side = self.plan.sides[i]
         starts = self._starts[i] = self._starts.get(i, 0) + 1  # a rerun's server keeps the earlier logs
         suffix = "" if starts == 1 else f".{starts}"
-        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log")
+        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log",
+                          side.env)
         self.servers[i] = srv
         self._set(i, "starting")
         self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path)))
