@@ -180,7 +180,8 @@ class Runner:
             self._fail(i, exc, "crashed" if srv.started else "error")
             return False
         self.emit(ServerReady(self.now(), i, ready.pid, round(ready.load_s, 3), ready.n_ctx, ready.build,
-                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings))
+                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings,
+                              ready.ran_with))
         return True
 
     async def _warmup(self, i: int) -> bool:
