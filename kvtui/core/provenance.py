@@ -17,6 +17,7 @@ from .tomlmodel import key
 _CONSTRUCT = "llama_context: constructing llama_context"
 _BUILD_RE = re.compile(r"build[: ]\s*(\d+) \((\w+)\)")
 _VERSION_RE = re.compile(r"build (\d+), commit (\w+)")  # `--version`: version: 0.1.0-dev (build 1, commit 7e4c0a9)
+_PROPS_BUILD_RE = re.compile(r"b(\d+)-(\w+)$")  # /props build_info: b1-7e4c0a9, b10434-abc1234, b0-unknown
 _GROUP_RE = re.compile(r"llama_kv_cache_iswa: creating\s+(non-SWA|SWA) KV cache")
 _KV_BUF_RE = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
 _MODEL_BUF_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
@@ -148,9 +149,8 @@ def parse_ran_with(log: str, props_build: str = "", rotation_disabled: bool = Fa
     start = log.rfind(_CONSTRUCT)
     head, body = (log[:start], log[start:]) if start >= 0 else (log, log)
     number, commit = parse_build(log)
-    if commit is None and props_build:
-        number, commit = parse_build(props_build.replace("b", "build ", 1) if props_build.startswith("b")
-                                     else props_build)
+    if commit is None and (m := _PROPS_BUILD_RE.match(props_build.strip())):
+        number, commit = (int(m[1]) if int(m[1]) > 1 else None), (None if m[2] == "unknown" else m[2])
     kv: list[Buffer] = []
     group = ""
     rot: dict[str, bool] = {}
