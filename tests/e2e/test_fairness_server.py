@@ -57,3 +57,17 @@ def test_speculative_argument_is_flagged(tmp_path: Path, server_binary, no_lefto
     (flag,) = rec.fairness
     assert any("ngram uses speculative decoding (--spec-type)" in r for r in flag.reasons), flag.reasons
     assert "not comparable:" in stdout
+
+
+def test_doctor_probes_each_pair_and_says_where_it_ran(server_binary, no_leftover_servers) -> None:
+    done = subprocess.run([sys.executable, "-m", "kvtui", "doctor", "--server-bin", str(server_binary.path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "probing 9 K/V pairs" in out
+    for pair in ("K f16 / V f16: graph splits", "K q8_0 / V q4_0: graph splits", "K iq4_nl / V iq4_nl: graph splits"):
+        assert pair in out, out
+    assert "K q8_0 / V q8_0: graph splits 1, KV on CPU, rotation K+V" in out or "Vulkan" in out or "CUDA" in out
+    assert "rotation of a quantized cache: on by default" in out
+    if "CUDA" not in out and "Vulkan0" not in out:
+        assert "this build used no GPU here" in out  # a CPU-only machine says so
