@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from kvtui.core.errors import ProfileError
 from kvtui.core.fairness import CUDA_FIX, SideFacts, check_pair, check_sides, speculative_args
 from kvtui.core.provenance import Buffer, parse_build, parse_ran_with
 from kvtui.core.record import SessionRecord, Side
@@ -108,3 +111,25 @@ def test_flagged_pair_says_not_comparable_in_comparison_and_verdicts() -> None:
     line = compare(rec, 0, 1).line()
     assert line.startswith("norot vs rot: not comparable: rotation differs: K+V vs off"), line
     assert check_sides([]) == [] and verdict_records(rec) == []  # no runs, no verdicts (nothing to flag)
+
+
+def test_attn_rotation_off_sets_the_variable_for_that_server_only(tmp_path: Path, monkeypatch) -> None:
+    from kvtui.core.locate import ServerBinary
+    from kvtui.core.profiles import load_profile
+    from kvtui.core.server import LlamaServer, side_env
+
+    prof = tmp_path / "p.toml"
+    prof.write_text('name = "r"\n[model]\npath = "bundled"\n'
+                    '[[sides]]\nname = "a"\ncache_type_k = "q8_0"\ncache_type_v = "q8_0"\n'
+                    '[[sides]]\nname = "b"\ncache_type_k = "q8_0"\ncache_type_v = "q8_0"\nattn_rotation = "off"\n'
+                    '[prompt]\ntext = "x"\n')
+    a, b = load_profile(prof).sides
+    assert (a.attn_rotation, b.attn_rotation) == ("default", "off")
+    monkeypatch.setenv("LLAMA_ATTN_ROT_DISABLE", "1")  # inherited from the shell: no side gets it unasked
+    binary = ServerBinary(Path("/bin/true"), "test")
+    env_a = LlamaServer(binary, [], tmp_path / "a.log", side_env(a)).launch_env()
+    env_b = LlamaServer(binary, [], tmp_path / "b.log", side_env(b)).launch_env()
+    assert "LLAMA_ATTN_ROT_DISABLE" not in env_a and env_b["LLAMA_ATTN_ROT_DISABLE"] == "1"
+    prof.write_text(prof.read_text().replace('"off"', '"on"'))
+    with pytest.raises(ProfileError, match="attn_rotation"):
+        load_profile(prof)
