@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .provenance import RanWith
+from .provenance import RanWith, cpu_line_key, cpu_line_keys
 from .tomlmodel import key
 from .vocab import QUANTIZED_TYPES
 
@@ -122,9 +122,11 @@ def check_pair(base: SideFacts, other: SideFacts) -> tuple[str, ...]:
         if a.kv_on_host != b.kv_on_host:
             which = base.name if a.kv_on_host else other.name
             reasons.append(f"a KV buffer is on the CPU for {which} only")
-        if bool(a.cpu_lines) != bool(b.cpu_lines):
-            which, rw = (base.name, a) if a.cpu_lines else (other.name, b)
-            reasons.append(f"{which} put work on the CPU: {rw.cpu_lines[0]}")
+        only_a, only_b = cpu_line_keys(a) - cpu_line_keys(b), cpu_line_keys(b) - cpu_line_keys(a)
+        if only_a or only_b:
+            which, rw, keys = (base.name, a, only_a) if only_a else (other.name, b, only_b)
+            line = next(ln for ln in rw.cpu_lines if cpu_line_key(ln) in keys)
+            reasons.append(f"{which} put work on the CPU: {line}")
         reasons += _rotation(base, other)
         if a.flash_attn and b.flash_attn and a.flash_attn != b.flash_attn:
             reasons.append(f"flash attention differs: {a.flash_attn} vs {b.flash_attn}")

@@ -19,7 +19,7 @@ import httpx
 from .errors import ServerError
 from .locate import ServerBinary, help_flags
 from .profiles import Profile, Side
-from .provenance import RanWith
+from .provenance import RanWith, cpu_line_key, cpu_line_keys
 from .server import LlamaServer, server_args, side_env
 
 PROBE_PAIRS: tuple[tuple[str, str], ...] = (
@@ -75,8 +75,9 @@ def on_fast_path(result: ProbeResult, base: RanWith | None) -> tuple[bool | None
         return None, result.error or "did not start"
     if rw.flash_attn != "enabled":
         return False, f"flash attention {rw.flash_attn or '?'}"
-    if rw.cpu_lines:
-        return False, rw.cpu_lines[0]
+    extra = cpu_line_keys(rw) - (cpu_line_keys(base) if base is not None else frozenset())
+    if extra:
+        return False, next(ln for ln in rw.cpu_lines if cpu_line_key(ln) in extra)
     if base is not None and base.graph_splits is not None and rw.graph_splits is not None \
             and rw.graph_splits > base.graph_splits:
         return False, f"graph splits {rw.graph_splits} > {base.graph_splits} for f16"

@@ -107,7 +107,7 @@ class RanWith:
         if self.flash_attn:
             parts.append(f"FA {self.flash_attn}")
         if self.cpu_lines:
-            parts.append("CPU fallback")
+            parts.append(f"{len(self.cpu_lines)} CPU line{'s' if len(self.cpu_lines) > 1 else ''} (see l)")
         return " · ".join(parts)
 
     def details(self) -> list[str]:
@@ -126,6 +126,17 @@ class RanWith:
                  f"layers on GPU: {self.layers_offloaded or '?'}"]
         lines += [f"on the CPU: {line}" for line in self.cpu_lines]
         return lines
+
+
+def cpu_line_keys(rw: RanWith) -> frozenset[str]:
+    """Its CPU lines with the numbers taken out, to compare two servers' (a GPU build moves the token embeddings
+    to the CPU on every side alike: only a line one side has and the other lacks is a difference)."""
+    return frozenset(cpu_line_key(line) for line in rw.cpu_lines)
+
+
+def cpu_line_key(line: str) -> str:
+    """A CPU line with its numbers taken out."""
+    return re.sub(r"\d+(\.\d+)?", "#", line)
 
 
 def _is_host(device: str) -> bool:

@@ -133,3 +133,16 @@ def test_attn_rotation_off_sets_the_variable_for_that_server_only(tmp_path: Path
     prof.write_text(prof.read_text().replace('"off"', '"on"'))
     with pytest.raises(ProfileError, match="attn_rotation"):
         load_profile(prof)
+
+
+def test_a_cpu_line_both_sides_print_is_no_difference_but_one_sides_own_is() -> None:
+    # the line format llama.cpp's load_tensors prints when a tensor cannot go to the preferred buffer type
+    embd = "load_tensors: tensor 'token_embd.weight' (q4_K) (and 0 others) cannot be used with preferred buffer " \
+           "type Vulkan_Host, using CPU instead"
+    rw = parse_ran_with(log("vulkan-h200-excerpt.log") + f"\n0.01.000.000 I {embd}\n")
+    assert rw.cpu_lines == (embd,)
+    same = (SideFacts("A", "q8_0", "q8_0", (), rw), SideFacts("B", "q4_0", "q4_0", (), rw))
+    assert check_pair(*same) == ()
+    extra = replace(rw, cpu_lines=(embd, "llama_kv_cache: layer 0: dev = CPU"))
+    reasons = check_pair(SideFacts("A", "q8_0", "q8_0", (), rw), SideFacts("B", "q4_0", "q4_0", (), extra))
+    assert reasons == ("B put work on the CPU: llama_kv_cache: layer 0: dev = CPU",)
