@@ -46,6 +46,9 @@ def test_rotation_off_is_parsed_recorded_and_flagged(tmp_path: Path, server_bina
     assert flag.other == "norot" and flag.reasons[0].startswith("rotation differs: K+V vs off")
     assert "norot vs rot: not comparable: rotation differs" in stdout
     assert "ran with: " in stdout and "rot K+V" in stdout
+    shown = subprocess.run([sys.executable, "-m", "kvtui", "show", str(path)], cwd=REPO, capture_output=True,
+                           text=True, timeout=60).stdout
+    assert "norot ran with: build unknown (7e4c0a9)" in shown and "rot off" in shown and "not comparable:" in shown
 
 
 def test_speculative_argument_is_flagged(tmp_path: Path, server_binary, no_leftover_servers) -> None:
