@@ -45,6 +45,8 @@ async def test_badge_details_and_flag(tmp_path: Path, server_binary, no_leftover
         screen = app.screen
         assert isinstance(screen, ServerLogScreen)
         text = str(screen.query_one("#log-ran-with").render())
-        assert "build: build unknown (7e4c0a9)" in text and "rotation: K+V" in text and "graph splits: 1" in text
+        rw = app.state.sides[0].ran_with
+        assert f"build: {rw.build_label}" in text and "rotation: K+V" in text
+        assert f"graph splits: {rw.graph_splits}" in text and rw.graph_splits is not None
         await pilot.press("escape")
         await pilot.press("q")
