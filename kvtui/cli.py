@@ -23,6 +23,7 @@ examples:
   kvtui replay sessions/demo-20261129-170000.toml --speed 4
   kvtui show sessions/*.toml --format md
   kvtui doctor                            what kvtui found: server, model, GPUs
+  kvtui doctor --server-bin PATH          ... and which K/V pairs run flash attention on the GPU with that build
 exit codes: 0 done, 1 a run failed, 2 bad input
 """
 
@@ -66,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="show what kvtui found and whether a run can start")
     doc.add_argument("--model", help="GGUF model path to check (default: the demo profile's)")
-    doc.add_argument("--server-bin", help="llama-server binary to check")
+    doc.add_argument("--server-bin", help="llama-server binary to check; also measures it: one short probe server "
+                     "per K/V pair says which pairs run flash attention on the GPU, and whether rotation is on")
+    doc.add_argument("--no-probe", action="store_true", help="with --server-bin: only check, do not probe")
     return p
 
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             from .doctor import doctor
 
-            return doctor(model=args.model, server_bin=args.server_bin)
+            return doctor(model=args.model, server_bin=args.server_bin, probe=False if args.no_probe else None)
         if args.command == "show":
             from .show import show
 

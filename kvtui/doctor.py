@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from rich.console import Console
 
 from .core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
+from .core.fairness import CUDA_FIX
 from .core.gpu import gpu_summary
-from .core.locate import bundled_wheel_runs_here, cpu_flags, find_model, find_server, server_version
+from .core.locate import ServerBinary, bundled_wheel_runs_here, cpu_flags, find_model, find_server, server_version
 from .core.modelinfo import read_model_info
+from .core.probe import PROBE_CTX, PROBE_PAIRS, on_fast_path, probe_pairs
 from .core.profiles import default_profile_path, load_profile
+from .core.vocab import QUANTIZED_TYPES
 
 
-def doctor(model: str | None = None, server_bin: str | None = None, console: Console | None = None) -> int:
-    """Print the server, model and GPU kvtui would use; returns 0 only when a run can start."""
+def doctor(model: str | None = None, server_bin: str | None = None, console: Console | None = None,
+           probe: bool | None = None) -> int:
+    """Print the server, model and GPU kvtui would use; returns 0 only when a run can start.
+
+    With ``server_bin`` (or ``probe=True``) it also measures that build: one short probe server per K/V pair.
+    """
     out = console or Console(highlight=False, soft_wrap=True)
     ok = True
 
@@ -63,5 +71,36 @@ def doctor(model: str | None = None, server_bin: str | None = None, console: Con
         out.print(f"[green]✓[/] GPU {d.index}: {d.name}, {d.total_mib:,.0f} MiB total, {d.free_mib:,.0f} MiB free")
     avx = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "baseline"
     out.print(f"    CPU: {os.cpu_count()} cores, {avx}")
+    if ok and (probe if probe is not None else server_bin is not None):
+        probe_report(binary, path, out)
     out.print("[green]ready: a run can start[/]" if ok else "[red]not ready: fix the items above[/]")
     return EXIT_OK if ok else EXIT_BAD_INPUT
+
+
+
+def probe_report(binary: ServerBinary, model: Path, out: Console) -> None:
+    """Measure this build: per K/V pair, whether flash attention stays where f16's does; rotation's default."""
+    out.print(f"probing {len(PROBE_PAIRS)} K/V pairs (one short server each: -c {PROBE_CTX} -fa on -ngl 99) ...")
+    results = probe_pairs(binary, model)
+    base = next((r.ran_with for r in results if (r.cache_type_k, r.cache_type_v) == ("f16", "f16")), None)
+    devices = sorted({d for r in results if r.ran_with for d in r.ran_with.devices})
+    devices += sorted({b.device for r in results if r.ran_with for b in r.ran_with.kv_buffers} - {
+        d.split(":", 1)[0] for d in devices})
+    on_gpu = any(not d.startswith("CPU") for d in devices)
+    if not on_gpu:
+        out.print("[yellow]-[/] this build used no GPU here (devices: " + (", ".join(devices) or "?") + "): "
+                  "what follows was measured on the CPU; run doctor on the GPU machine for the GPU's answer")
+    else:
+        out.print("    devices: " + ", ".join(devices))
+    for r in results:
+        fast, why = on_fast_path(r, base)
+        mark = "[green]✓[/]" if fast else "[red]✗[/]" if fast is False else "[yellow]?[/]"
+        rot = f", rotation {r.ran_with.rotation}" if r.ran_with else ""
+        out.print(f"{mark} K {r.cache_type_k} / V {r.cache_type_v}: {why}{rot}")
+    quant = [r.ran_with for r in results if r.ran_with and r.cache_type_k in QUANTIZED_TYPES]
+    if quant:
+        on = all(rw.attn_rot_k for rw in quant)
+        out.print(f"    rotation of a quantized cache: {'on' if on else 'off'} by default in this build"
+                  + (' (attn_rotation = "off" on a side sets LLAMA_ATTN_ROT_DISABLE=1 for its server)' if on else ""))
+    if any(d.startswith("CUDA") for d in devices) and any(on_fast_path(r, base)[0] is False for r in results):
+        out.print(f"    the pairs marked ✗ need a CUDA build with {CUDA_FIX.removeprefix('build with ')}")

@@ -25,7 +25,7 @@ from .core.events import (
 )
 from .core.record import SessionRecord
 from .core.state import SessionState
-from .core.summary import SideSummary, clean_finish, comparisons, summarize, verdicts
+from .core.summary import SideSummary, clean_finish, comparisons, summarize, unfair_pair, verdicts
 
 
 class HeadlessConsole:
@@ -74,6 +74,8 @@ class HeadlessConsole:
                 kv = f", KV cache {e.kv_cache_mib:.2f} MiB" if e.kv_cache_mib is not None else ""
                 fa = f", flash attention {e.flash_attn}" if e.flash_attn else ""
                 self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
+                if e.ran_with is not None:
+                    self.say(e.side, f"ran with: {escape(e.ran_with.badge())}", "dim")
                 for w in e.warnings:
                     self.say(e.side, f"warning: {w}", "yellow")
             case WarmupDone():
@@ -162,14 +164,17 @@ class HeadlessConsole:
             self.console.print(f"[dim]{escape(line)}[/]")
         if len(summaries) >= 2:
             for c in comparisons(record):
-                self.console.print(escape(c.line()))
+                style = "bold yellow" if c.unfair is not None else ""
+                self.console.print(f"[{style}]{escape(c.line())}[/]" if style else escape(c.line()), soft_wrap=True)
             clean = [s.name for s in summaries if clean_finish(s)]
             self.console.print(f"clean finish: {', '.join(clean) if clean else 'none'}")
         found = verdicts(record)
         if found and any(v.pairs > 1 for _, _, v in found):
             self.console.print("[bold]paired verdicts[/] (runs paired by prompt and seed):")
             for base, other, v in found:
-                self.console.print(f"  {other} vs {base}: {v}")
+                flag = unfair_pair(record, base, other)
+                prefix = f"[bold yellow]{escape(flag.line)}[/]; " if flag is not None else ""
+                self.console.print(f"  {other} vs {base}: {prefix}{v}")
         for line in divergence_lines(record):
             self.console.print(line, soft_wrap=True)  # one line each, even in a log file
         for s in summaries:

@@ -117,6 +117,9 @@ def _print_record(out: Console, path: str, rec: SessionRecord) -> None:
     out.print(t)
     for line in legend_lines(summaries, loops_column=False):
         out.print(f"  [dim]{escape(line)}[/]")
+    for side in rec.sides:
+        if side.ran_with is not None:
+            out.print(f"  [dim]{escape(side.name)} ran with: {escape(side.ran_with.badge())}[/]")
     _print_verdict(out, rec, summaries)
     out.print()
 

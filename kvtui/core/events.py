@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .provenance import RanWith
 from .record import Run
 from .vocab import Schedule, SessionStatus, SideStatus, StopReason  # noqa: F401 - the vocabulary, re-exported
 
@@ -78,6 +79,7 @@ class ServerReady:
     kv_cache_mib: float | None  # parsed from the server's own log
     flash_attn: str | None  # "enabled" | "disabled" | "auto" as the log says
     warnings: tuple[str, ...] = ()
+    ran_with: RanWith | None = None  # build, KV buffers per device, rotation, graph splits, CPU lines (its -lv 4 log)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from .gpu import probe_devices
 from .locate import ServerBinary, help_flags, server_version
 from .modelinfo import ModelInfo, read_model_info
 from .profiles import Profile
-from .server import server_args
+from .server import server_args, side_env
 from .vocab import Schedule
 
 COMPUTE_ALLOWANCE_MIB = 512.0  # compute + output buffers per server (grows with ctx and ubatch)
@@ -33,6 +33,7 @@ class SidePlan:
     cache_type_v: str
     args: tuple[str, ...]
     kv_estimate_mib: float | None
+    env: tuple[tuple[str, str], ...] = ()  # set in this side's server environment only (attn_rotation = "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,7 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
     known = help_flags(binary)
     sides = tuple(
         SidePlan(s.name, s.cache_type_k, s.cache_type_v, tuple(server_args(profile, s, model_path, known)),
-                 kv_estimate(model_path, profile, s.cache_type_k, s.cache_type_v))
+                 kv_estimate(model_path, profile, s.cache_type_k, s.cache_type_v), side_env(s))
         for s in profile.sides
     )
     # -ngl 0 keeps weights and KV in RAM, so the budget is RAM even where a GPU is present

@@ -23,6 +23,7 @@ from .vocab import QUANTIZED_TYPES, Schedule
 
 CACHE_TYPES = tuple(_CACHE_BLOCKS)
 FLASH_ATTN = ("on", "off", "auto")
+ATTN_ROTATION = ("default", "off")  # "off": LLAMA_ATTN_ROT_DISABLE=1 in that side's server environment
 ENDPOINTS = ("completion", "chat")
 MODES = ("auto", "parallel", "sequential")
 SCHEDULES = ("auto", Schedule.SIMULTANEOUS.value, Schedule.ALTERNATE.value)  # solo is what sequential mode gives
@@ -37,6 +38,7 @@ class Side:
     cache_type_k: str
     cache_type_v: str
     extra_args: tuple[str, ...] = ()
+    attn_rotation: str = "default"  # "off": LLAMA_ATTN_ROT_DISABLE=1 for this side's server only
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ class Profile:
             },
             "sides": [
                 {"name": s.name, "cache_type_k": s.cache_type_k, "cache_type_v": s.cache_type_v,
-                 "extra_args": list(s.extra_args)}
+                 "extra_args": list(s.extra_args), "attn_rotation": s.attn_rotation}
                 for s in self.sides
             ],
             "prompts": [_prompt_dict(p) for p in self.prompts],
@@ -147,7 +149,7 @@ _MODEL = {"path": (str, None)}
 _SERVER = {"bin": (str, None), "ctx_size": (int, None), "n_gpu_layers": (int, None),
            "flash_attn": (str, FLASH_ATTN), "threads": (int, None), "extra_args": (list, None)}
 _SIDE = {"name": (str, None), "cache_type_k": (str, CACHE_TYPES), "cache_type_v": (str, CACHE_TYPES),
-         "extra_args": (list, None)}
+         "extra_args": (list, None), "attn_rotation": (str, ATTN_ROTATION)}
 _PROMPT = {"text": (str, None), "file": (str, None), "endpoint": (str, ENDPOINTS), "system": (str, None),
            "name": (str, None), "expected": (str, None), "expected_regex": (str, None)}
 _SAMPLING = {"temperature": ((int, float), None), "seed": (int, None), "top_k": (int, None),
@@ -263,7 +265,8 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
                 raise c.fail(f"{where}.{key}", "missing", f"allowed: {', '.join(CACHE_TYPES)}")
         name = raw.get("name") or f"K {raw['cache_type_k']} / V {raw['cache_type_v']}"
         sides.append(Side(name, raw["cache_type_k"], raw["cache_type_v"],
-                          c.strings(raw["extra_args"], f"{where}.extra_args") if "extra_args" in raw else ()))
+                          c.strings(raw["extra_args"], f"{where}.extra_args") if "extra_args" in raw else (),
+                          raw.get("attn_rotation", "default")))
     if len(sides) < 2:
         raise c.fail("sides", "a comparison needs at least two [[sides]]", "add another [[sides]] table")
     names = [s.name for s in sides]

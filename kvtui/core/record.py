@@ -25,7 +25,9 @@ import tomli_w
 
 from .checks import TaskCheck
 from .errors import RecordError
+from .fairness import Fairness
 from .loops import Loop
+from .provenance import RanWith
 from .tomlmodel import dump, key, load, markdown_table
 from .vocab import FAILED, Schedule, SessionStatus, SideStatus, StopReason
 
@@ -113,6 +115,7 @@ class Side:
     build: str | None = key("the server's build (`/props`)", None)
     flash_attn: str | None = key("flash attention as the server's log says: `enabled`, `disabled`, `auto`", None)
     warnings: tuple[str, ...] = key("what the server's log says it did differently from what was asked", ())
+    ran_with: RanWith | None = key("what the server's `-lv 4` log and `/props` say it ran with", None)
     load_s: float | None = key("seconds from start to answering /health", None)
     warmup_ms: float | None = key("the warm-up request's duration", None)
     t_start: float | None = key("server started, seconds since the session started", None)
@@ -209,6 +212,8 @@ class Verdict:
     p: float = key("the exact two-sided p-value", 1.0)
     median_change_pct: float | None = key("median of the paired changes (answers: change of the pass rate), %", None)
     significant: bool = key("p < 0.05 (needs 6 or more pairs that differ)", False)
+    not_comparable: str | None = key("why the two sides cannot be compared (see `fairness`): the test is kept, "
+                                     "but it measures that difference too", None)
     test: str = key("`sign test` or `McNemar exact`", "")
 
 
@@ -233,6 +238,8 @@ class SessionRecord:
     model: Model = key("the model", factory=Model)
     profile: dict[str, Any] = key("the profile as run, with the model path resolved (see Profiles)", factory=dict)
     sides: list[Side] = key("one table per side", factory=list)
+    fairness: list[Fairness] = key("pairs that are not comparable: per other side, what differs from side 0 "
+                                   "besides the cache (checked before any verdict)", factory=list)
     comparisons: list[Comparison] = key("divergence: per other side, prompt and repeat, against side 0",
                                         factory=list)
     verdicts: list[Verdict] = key("paired tests: per other side and measure, against side 0", factory=list)

@@ -93,7 +93,7 @@ def record_events(record: SessionRecord) -> list[Event]:
             events.append(ServerStarting(s.t_start, i, s.port or 0, s.argv, s.log or ""))
         if s.t_ready is not None:
             events.append(ServerReady(s.t_ready, i, s.pid or 0, s.load_s or 0.0, s.n_ctx, s.build or "",
-                                      s.kv_cache_mib, s.flash_attn, s.warnings))
+                                      s.kv_cache_mib, s.flash_attn, s.warnings, s.ran_with))
         if s.t_warm is not None:
             events.append(WarmupDone(s.t_warm, i, s.warmup_ms or 0.0))
         for t, mib in zip(s.memory_t, s.memory_mib, strict=False):

@@ -166,7 +166,8 @@ class Runner:
         side = self.plan.sides[i]
         starts = self._starts[i] = self._starts.get(i, 0) + 1  # a rerun's server keeps the earlier logs
         suffix = "" if starts == 1 else f".{starts}"
-        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log")
+        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log",
+                          side.env)
         self.servers[i] = srv
         self._set(i, "starting")
         self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path)))
@@ -179,7 +180,8 @@ class Runner:
             self._fail(i, exc, "crashed" if srv.started else "error")
             return False
         self.emit(ServerReady(self.now(), i, ready.pid, round(ready.load_s, 3), ready.n_ctx, ready.build,
-                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings))
+                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings,
+                              ready.ran_with))
         return True
 
     async def _warmup(self, i: int) -> bool:

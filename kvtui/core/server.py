@@ -26,6 +26,7 @@ import httpx
 from .errors import ServerError
 from .locate import ServerBinary
 from .profiles import QUANTIZED_TYPES, Profile, Side
+from .provenance import RanWith, parse_ran_with
 from .serverlog import LogFacts, explain_failure, parse_log, tail
 
 _PR_SET_PDEATHSIG = 1
@@ -89,6 +90,14 @@ def server_args(profile: Profile, side: Side, model: Path, known: frozenset[str]
     return args + list(profile.extra_args) + list(side.extra_args)
 
 
+ROT_DISABLE = "LLAMA_ATTN_ROT_DISABLE"
+
+
+def side_env(side: Side) -> tuple[tuple[str, str], ...]:
+    """Environment variables for this side's server only: ``attn_rotation = "off"`` sets LLAMA_ATTN_ROT_DISABLE=1."""
+    return ((ROT_DISABLE, "1"),) if side.attn_rotation == "off" else ()
+
+
 def _set_pdeathsig(parent: int | None = None) -> None:  # runs in the child between fork and exec
     """SIGTERM this child when kvtui dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
 
@@ -115,6 +124,7 @@ class Ready:
     n_ctx: int | None
     build: str
     facts: LogFacts
+    ran_with: RanWith | None = None
 
 
 class Server(ABC):
@@ -212,10 +222,13 @@ class LlamaServer(Server):
         binary: which llama-server and its environment.
         args: arguments from :func:`server_args`.
         log_path: where stdout and stderr go.
+        env: extra environment for this server only (e.g. LLAMA_ATTN_ROT_DISABLE=1).
     """
 
-    def __init__(self, binary: ServerBinary, args: list[str], log_path: Path) -> None:
+    def __init__(self, binary: ServerBinary, args: list[str], log_path: Path,
+                 env: tuple[tuple[str, str], ...] = ()) -> None:
         self.binary = binary
+        self.env = dict(env)
         self.port = free_port()
         self.api_key = secrets.token_urlsafe(24)
         self.args = list(args)
@@ -264,12 +277,20 @@ class LlamaServer(Server):
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                    env=self.binary.launch_env(), start_new_session=True,
+                    env=self.launch_env(), start_new_session=True,
                     preexec_fn=functools.partial(_set_pdeathsig, os.getpid()),
                 )
             except OSError as exc:
                 raise ServerError(f"cannot start {self.binary.path}: {exc.strerror}",
                                   "check --server-bin points at an executable llama-server") from None
+
+    def launch_env(self) -> dict[str, str]:
+        """The binary's environment plus this side's own; a rotation switch inherited from the shell is dropped
+        unless this side asks for it, so every side starts from the build's default."""
+        env = self.binary.launch_env()
+        env.pop(ROT_DISABLE, None)
+        env.update(self.env)
+        return env
 
     def log_text(self) -> str:
         try:
@@ -311,7 +332,9 @@ class LlamaServer(Server):
             props = r.json()
             n_ctx = props.get("default_generation_settings", {}).get("n_ctx")
             build = str(props.get("build_info", ""))
-        return Ready(self.proc.pid, load_s, n_ctx, build, parse_log(self.log_text()))
+        text = self.log_text()
+        return Ready(self.proc.pid, load_s, n_ctx, build, parse_log(text),
+                     parse_ran_with(text, build, rotation_disabled=self.env.get(ROT_DISABLE) == "1"))
 
     def failure(self) -> ServerError:
         """A ServerError describing why the process ended, read from its complete log.

@@ -126,6 +126,7 @@ class SessionRecorder:
                 s.status, s.t_ready, s.pid, s.load_s, s.n_ctx, s.build = (
                     SideStatus.READY, round(event.t, 3), event.pid, event.load_s, event.n_ctx, event.build)
                 s.kv_cache_mib, s.flash_attn, s.warnings = event.kv_cache_mib, event.flash_attn, event.warnings
+                s.ran_with = event.ran_with
             case WarmupDone():
                 s = self.side(event.side)
                 s.warmup_ms, s.t_warm = event.ms, round(event.t, 3)
@@ -176,8 +177,9 @@ class SessionRecorder:
 
     def _derive(self) -> None:
         """Divergence between sides and paired verdicts: computed from the runs when the session (or a rerun) ends."""
-        from .summary import divergences, reply_loop, verdict_records
+        from .summary import divergences, fairness, reply_loop, verdict_records
 
+        self.record.fairness = fairness(self.record)  # before any verdict: a flagged pair's verdicts say so
         self.record.comparisons = divergences(self.record)
         self.record.verdicts = verdict_records(self.record)
         for side in self.record.sides:

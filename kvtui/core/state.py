@@ -27,6 +27,7 @@ from .events import (
     WarmupDone,
 )
 from .metrics import RateMeter
+from .provenance import RanWith
 from .vocab import SideStatus
 
 RATE_HISTORY = 120  # sparkline points kept per side
@@ -74,6 +75,7 @@ class SideState:
     log_tail: tuple[str, ...] = ()
     log_path: str = ""
     warnings: tuple[str, ...] = ()
+    ran_with: RanWith | None = None  # what its log says it ran with (the pane's badge, the log screen)
 
     @property
     def rates(self) -> list[float]:
@@ -165,6 +167,7 @@ class SessionState:
             case ServerReady():
                 s.status, s.kv_cache_mib, s.flash_attn, s.load_s, s.warnings = (
                     SideStatus.LOADING, e.kv_cache_mib, e.flash_attn, e.load_s, e.warnings)
+                s.ran_with = e.ran_with
             case WarmupDone():
                 s.status = SideStatus.WARMED_UP
             case ErrorRaised():

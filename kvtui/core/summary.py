@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .divergence import compare as compare_runs
+from .fairness import Fairness, SideFacts, check_sides
 from .loops import piece_key
 from .metrics import Spread, pct_change, spread
 from .record import Comparison, Run, SessionRecord, Side, Verdict
@@ -204,6 +205,7 @@ class SideComparison:
     changes: tuple[Change, ...]
     pairs: int = 0  # >= 2: the speed changes are medians of paired changes
     not_compared: tuple[tuple[str, str], ...] = ()  # (figures, why)
+    unfair: Fairness | None = None  # the pair is not comparable: the figures are shown after the reasons
 
     @property
     def title(self) -> str:
@@ -221,6 +223,8 @@ class SideComparison:
         text = ", ".join(str(c) for c in self.changes)
         if self.skipped:
             text = f"{text}; {self.skipped}" if text else self.skipped
+        if self.unfair is not None:
+            return f"{self.title}: {self.unfair.line} (figures: {text or 'none'})"
         return f"{self.title}: {text or 'no figures to compare'}"
 
 
@@ -260,7 +264,8 @@ def compare(record: SessionRecord, base: int, other: int) -> SideComparison:
     if kv is not None:
         changes["KV"] = Change("KV", kv, True)
     ordered = tuple(changes[k] for k in ("tg", "pp", "KV", "TTFT") if k in changes)
-    return SideComparison(sb.name, so.name, ordered, len(pairs) if len(pairs) >= 2 else 0, tuple(skipped))
+    return SideComparison(sb.name, so.name, ordered, len(pairs) if len(pairs) >= 2 else 0, tuple(skipped),
+                          unfair_pair(record, sb.name, so.name))
 
 
 def comparisons(record: SessionRecord, with_runs_only: bool = False) -> list[SideComparison]:
@@ -269,6 +274,18 @@ def comparisons(record: SessionRecord, with_runs_only: bool = False) -> list[Sid
     if len(sides) < 2:
         return []
     return [compare(record, sides[0], i) for i in sides[1:]]
+
+
+def fairness(record: SessionRecord) -> list[Fairness]:
+    """Each other side against side 0: what differs besides the cache (see :mod:`kvtui.core.fairness`)."""
+    return check_sides([SideFacts(s.name, s.cache_type_k, s.cache_type_v, s.argv, s.ran_with, s.n_ctx)
+                        for s in record.sides])
+
+
+def unfair_pair(record: SessionRecord, base: str, other: str) -> Fairness | None:
+    """The record's fairness flag for this pair (computed now where the record has none yet)."""
+    found = record.fairness if record.fairness else (fairness(record) if base == record.sides[0].name else [])
+    return next((f for f in found if (f.base, f.other) == (base, other)), None)
 
 
 def _med(x: Spread | None) -> float | None:
@@ -343,5 +360,11 @@ def verdict_records(record: SessionRecord) -> list[Verdict]:
     return [Verdict(base=base, other=other, measure=v.measure, pairs=v.pairs, wins=v.wins, losses=v.losses,
                     p=round(v.p, 6),
                     median_change_pct=None if v.median_change_pct is None else round(v.median_change_pct, 2),
-                    significant=v.significant, test="sign test" if v.measure != "answers" else "McNemar exact")
+                    significant=v.significant, test="sign test" if v.measure != "answers" else "McNemar exact",
+                    not_comparable=_flag(record, base, other))
             for base, other, v in verdicts(record)]
+
+
+def _flag(record: SessionRecord, base: str, other: str) -> str | None:
+    found = unfair_pair(record, base, other)
+    return found.line if found is not None else None

@@ -225,7 +225,7 @@ class KvtuiApp(App[int]):
         side = self.focused_side()
         if side < len(self.state.sides) and self.state.sides[side].log_path:
             s = self.state.sides[side]
-            self.push_screen(ServerLogScreen(s.name, s.log_path))
+            self.push_screen(ServerLogScreen(s.name, s.log_path, s.ran_with.details() if s.ran_with else None))
         else:
             self.notify("no server log for this side yet", severity="warning")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from kvtui.cli import main
 from kvtui.core.checks import check_text
 from kvtui.core.errors import RecordError
 from kvtui.core.events import RequestSent, RunFinished, SessionFinished, SideFinished, TokenReceived
+from kvtui.core.fairness import Fairness
 from kvtui.core.loops import Loop
+from kvtui.core.provenance import parse_ran_with
 from kvtui.core.record import (
     CUT_SHORT,
     SCHEMA,
@@ -41,6 +44,7 @@ from kvtui.core.tomlmodel import describe
 
 REPO = Path(__file__).resolve().parents[2]
 SESSIONS = REPO / "tests" / "data" / "sessions"
+LOGS = REPO / "tests" / "data" / "logs"
 RECORDS_SO_FAR = [p for p in sorted(SESSIONS.glob("*.toml")) if p.name != "loop-profile.toml"] + sorted(
     (REPO / "sessions" / "examples").glob("*.toml"))
 
@@ -58,7 +62,10 @@ def full_record() -> SessionRecord:
                 warnings=("w",), load_s=1.25, warmup_ms=600.0, t_start=0.1, t_ready=1.0, t_warm=1.5, t_exit=3.0,
                 memory_source="nvml", vram_peak_mib=400.0, rss_peak_mib=300.0, gpu_name="H200", gpu_total_mib=143771.0,
                 gpu_used_peak_mib=900.0, memory_t=[1.0, 2.0], memory_mib=[390.0, 400.0], error="e (fix)",
-                exit_code=-9, log_tail=("a", "b"), reply_loop=ReplyLoop(0, 3), runs=[run, run])
+                exit_code=-9, log_tail=("a", "b"), reply_loop=ReplyLoop(0, 3), runs=[run, run],
+                ran_with=replace(parse_ran_with((LOGS / "bundled-q8_0-q8_0.log").read_text()), build_number=10434,
+                                 cpu_lines=("tensor x (q4_K) cannot be used with preferred buffer type CUDA_Host, "
+                                            "using CPU instead",)))
     return SessionRecord(
         kvtui_version="0.1.0", created="2026-11-29T17:00:00+00:00", status="failed", duration_s=3.5,
         mode="parallel", mode_reason="both fit", schedule="alternate", error="session error",
@@ -66,7 +73,9 @@ def full_record() -> SessionRecord:
         server=Server("/bin/llama-server", "b1"), model=Model("/m.gguf", "Gemma", 241.0, "gemma3"),
         profile={"name": "demo", "sampling": {"seed": 42}}, sides=[side, Side("q4_0", "q4_0", "q4_0")],
         comparisons=[Comparison("q8_0", "q4_0", "p", 1, False, 2, 0.5, 0.25, 0.9, 0.01)],
-        verdicts=[Verdict("q8_0", "q4_0", "tg", 6, 6, 0, 0.03125, 4.5, True, "sign test")])
+        fairness=[Fairness("q8_0", "q4_0", ("rotation differs: K+V vs off",))],
+        verdicts=[Verdict("q8_0", "q4_0", "tg", 6, 6, 0, 0.03125, 4.5, True, "sign test",
+                          "not comparable: rotation differs: K+V vs off")])
 
 
 def test_round_trip_keeps_every_key(tmp_path: Path) -> None:

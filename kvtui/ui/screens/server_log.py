@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -23,14 +24,17 @@ class ServerLogScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,q,l", "dismiss", "close")]
 
-    def __init__(self, title: str, path: str) -> None:
+    def __init__(self, title: str, path: str, details: list[str] | None = None) -> None:
         super().__init__()
         self.title_text = title
         self.path = path
+        self.details = details or []  # what the server ran with (kvtui.core.provenance), above the log
 
     def compose(self) -> ComposeResult:
         with Vertical(id="log-box"):
             yield Static(f"[b]{self.title_text}[/b]  {self.path}  (escape closes)", id="log-title")
+            if self.details:
+                yield Static(Text("\n".join(self.details)), id="log-ran-with")
             yield Log(max_lines=MAX_LINES, auto_scroll=True)
 
     def on_mount(self) -> None:

@@ -23,6 +23,8 @@ class ComparisonStrip(Static):
         t = Text()
         for c in comparisons:
             t.append(f"{c.title}: ", style="bold")
+            if c.unfair is not None:  # the flag goes where the numbers are
+                t.append(c.unfair.line + "  ", style="bold yellow")
             for change in c.changes:
                 t.append(f"{change.label} ")
                 t.append(f"{change.pct:+.0f}%", style="green" if change.good else "red" if abs(change.pct) >= 1 else "")

@@ -193,4 +193,6 @@ class GenerationPane(Vertical):
                 t.append("\n  " + _log_message(line)[:160], style="dim")
         for w in s.warnings:
             t.append(("\n" if t else "") + f"warning: {w}", style="yellow")
+        if s.ran_with is not None:  # what the server ran with; the details are on the log screen (l)
+            t.append(("\n" if t else "") + s.ran_with.badge(), style="yellow" if s.ran_with.cpu_lines else "dim")
         return t
