@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvtui.core.loops import LoopDetector, find_loop  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "loops"
+STUCK_LABELS = ("verbatim", "template", "none")
 
 
 def load_cases(paths: list[Path] | None = None) -> list[dict]:
@@ -38,6 +39,8 @@ def load_cases(paths: list[Path] | None = None) -> list[dict]:
         for case in data["cases"] if "cases" in data else [data]:
             if case["label"] not in ("loop", "none"):
                 raise ValueError(f"{f.name}: {case.get('name')}: label must be 'loop' or 'none'")
+            if case.get("stuck") not in STUCK_LABELS:
+                raise ValueError(f"{f.name}: {case.get('name')}: stuck must be one of {', '.join(STUCK_LABELS)}")
             cases.append(case | {"file": f.name})
     return cases
 
