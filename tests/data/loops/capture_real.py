@@ -216,13 +216,23 @@ STUCK: dict[str, tuple[str, str]] = {
     "t07-code-c-main": ("template", "declares `*p11, *p12, ..., *p53` in one line: a counter and nothing else"),
 }
 
+# The replies that are lists, tables or code of similar items without being verbatim loops:
+# where a template is plausible, and where the quiet signal's precision is reported.
+FORMS: dict[str, str] = {
+    "code-fibonacci": "code", "code-matrix-class": "code", "t07-list-numbers": "list", "csv-rows": "table",
+    "times-table": "table", "numbered-steps": "list", "t07-code-matrix-class": "code", "t07-code-c-main": "code",
+}
+
 
 def reader_label(name: str, label: str) -> dict:
-    """The case's ``stuck`` field (and ``stuck_reason`` where a reader's call differs from LABELS)."""
+    """The case's ``stuck`` field, ``stuck_reason`` where a reader's call differs from LABELS, and ``form``."""
+    out = {"stuck": "verbatim" if label == "loop" else "none"}
     if name in STUCK:
         stuck, why = STUCK[name]
-        return {"stuck": stuck, "stuck_reason": why}
-    return {"stuck": "verbatim" if label == "loop" else "none"}
+        out = {"stuck": stuck, "stuck_reason": why}
+    if name in FORMS:
+        out["form"] = FORMS[name]
+    return out
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -364,7 +374,7 @@ def relabel(data: dict) -> dict:
     for case in data["cases"]:
         head = {k: v for k, v in case.items() if k in ("name", "label", "description", "period", "start",
                                                          "repeats")}
-        rest = {k: v for k, v in case.items() if k not in head and k not in ("stuck", "stuck_reason")}
+        rest = {k: v for k, v in case.items() if k not in head and k not in ("stuck", "stuck_reason", "form")}
         cases.append(head | reader_label(case["name"], case["label"]) | rest)
     return data | {"cases": cases}
 
