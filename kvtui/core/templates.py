@@ -110,6 +110,7 @@ class TemplateDetector:
         self._pending_tok = 0
         self._n = 0  # pieces fed
         self._key = (0, 0)  # (period, start) of the shape loop followed; (0, 0) for none
+        self._phase = 0  # a lexeme where a cycle begins, as a reader counts cycles
         self._diff1 = self._diff2 = False  # this cycle so far differs from the one before / two before
         self._restart(0)
 
@@ -184,20 +185,39 @@ class TemplateDetector:
         if (p, s) != self._key:
             # A new loop of shapes, reported once it has 3 cycles: follow its cycles so far.
             self._key = (p, s)
+            self._align(p, s)
             self._restart(s)
             for j in range(s + p, i + 1):
                 self._step(j, p, s)
         else:
             self._step(i, p, s)
-        if (i + 1 - s) % p == 0:
-            self._judge(i, p)
+        if (i + 1 - self._phase) % p == 0:
+            self._judge(i, p, s)
+
+    def _align(self, p: int, s: int) -> None:
+        """Count cycles as a reader does: a block of lines from its least indented line (``elif``,
+        not the ``return`` below it), and items inside a line from the spaces after a symbol
+        (``*p1, *p2,``: each item ends with its comma, which arrives at once, and ``The cat is
+        happy.`` reads as a sentence)."""
+        lex, shape = self._lex, self._shape
+        cycle = range(s, s + p)
+        starts = [j + 1 for j in cycle if lex[j] == "\n" and lex[j + 1 - p * (j + 1 == s + p)] != "\n"]
+        if starts:  # line starts in the cycle, blank lines aside (the lexeme after j, a period back at the end)
+            self._phase = min(starts, key=lambda j: len(lex[j - p * (j == s + p)]) if lex[j - p * (j == s + p)]
+                              .isspace() else 0)
+            return
+        spaces = [j for j in cycle if lex[j].isspace()]
+        # The lexeme before j, a period on where j is the loop's first (shapes repeat).
+        after_symbol = [j for j in spaces if shape[j - 1 + p * (j == s)] >= 0
+                        and not lex[j - 1 + p * (j == s)].isspace()]
+        self._phase = (after_symbol or spaces or [s])[0]
 
     def _step(self, i: int, p: int, s: int) -> None:
         """Follow lexeme i of the shape loop (period p from s); end the run where it stops fitting."""
-        o = (i - s) % p
+        o = (i - self._phase) % p
         if o == 0:
             self._diff1 = self._diff2 = False
-        if not self._fits(i, p, s):
+        if i - p >= self._run and not self._fits(i, p, s):
             # A second position changing freely. A new run may begin a cycle back, with this
             # change as its free slot, if the rest of this cycle fits that; else it begins here.
             cycle = i - o
@@ -222,7 +242,7 @@ class TemplateDetector:
         if x == a:
             return True
         self._diff1 = True
-        o = (i - s) % p
+        o = (i - self._phase) % p
         self._changed[o] = i
         if x == b:
             return True  # back to the value two cycles back: it alternates
@@ -236,43 +256,38 @@ class TemplateDetector:
             return True
         return False
 
-    def _judge(self, i: int, p: int) -> None:
-        """At the end of a cycle: is the run a template worth reporting?"""
-        run = self._run
+    def _judge(self, i: int, p: int, s: int) -> None:
+        """At the end of a cycle (as a reader counts them): is the run a template worth reporting?"""
         first = i + 1 - p  # the newest cycle
-        shape, changed = self._shape, self._changed
+        run = self._run
+        lex, shape, changed = self._lex, self._shape, self._changed
         if self._free_at >= run:
-            fixed = sum(1 for o in range(p) if shape[first + o] == WORD and o not in changed)
+            fixed = sum(1 for j in range(first, i + 1) if shape[j] == WORD and (j - self._phase) % p not in changed)
             if fixed < self._min_fixed:
-                # Too little skeleton around a free slot; what came after its last new value
-                # may still be a template of its own.
+                # Too little skeleton around a free slot; from the cycle of its last new value
+                # on, the run may still be a template without one.
                 run = self._free_at - (self._free_at - first) % p
-        repeats = (i + 1 - run) // p
+        begin = run + (first - run) % p  # the first whole cycle of the run
+        repeats = (i + 1 - begin) // p
         if repeats < self._min_repeats:
             self._repeat = None
             return
-        lex = self._lex
         lines = lex[first:i + 1].count("\n")
-        if not lines and self._end[i] - self._end[run] + len(lex[run]) < self._min_chars:
+        if not lines and self._end[i] - self._end[begin] + len(lex[begin]) < self._min_chars:
             self._repeat = None
             return
-        # Show the cycle as a reader meets it: from the first line start in the run (or, inside a
-        # line, from its first non-space lexeme), with the values of the newest cycle.
-        begin = run
-        if lines:
-            while lex[begin - 1] != "\n":
-                begin += 1
-        elif lex[run].isspace():
-            begin += 1
+        inline_space = not lines and lex[first].isspace()  # an item inside a line begins after its spaces
+        start = self._tok[begin + inline_space]
         old = self._repeat
-        if old is not None and old.repeats == repeats and old.start == self._tok[begin]:
+        if old is not None and old.repeats == repeats and old.start == start:
             return
         recent = i - self._min_repeats * p  # positions that changed lately are shown as slots
         slots = {o for o, j in changed.items() if j > recent}
-        rot = (begin - run) % p
-        text = "".join(("#" if shape[first + o] == NUMBER else "…") if o in slots else lex[first + o]
-                       for o in (*range(rot, p), *range(rot)))
-        self._repeat = TemplateRepeat(text, lines, p, repeats, self._tok[begin], len(slots))
+        parts = [("#" if shape[j] == NUMBER else "…") if (j - self._phase) % p in slots else lex[j]
+                 for j in range(first, i + 1)]
+        if inline_space:
+            parts.append(parts.pop(0))
+        self._repeat = TemplateRepeat("".join(parts), lines, p, repeats, start, len(slots))
 
 
 def find_template(pieces: Sequence[str] | str, *, anywhere: bool = False,
