@@ -110,6 +110,7 @@ class TemplateDetector:
         self._pending_tok = 0
         self._n = 0  # pieces fed
         self._key = (0, 0)  # (period, start) of the shape loop followed; (0, 0) for none
+        self._last: TemplateRepeat | None = None  # the latest template found, even one the text left
         self._phase = 0  # a lexeme where a cycle begins, as a reader counts cycles
         self._diff1 = self._diff2 = False  # this cycle so far differs from the one before / two before
         self._restart(0)
@@ -126,6 +127,11 @@ class TemplateDetector:
     def repeat(self) -> TemplateRepeat | None:
         """The template reported by the latest ``feed`` (None when the tail is none)."""
         return self._repeat
+
+    @property
+    def last(self) -> TemplateRepeat | None:
+        """The latest template found since the last reset, even when the text has left it."""
+        return self._last
 
     @property
     def count(self) -> int:
@@ -287,7 +293,7 @@ class TemplateDetector:
                  for j in range(first, i + 1)]
         if inline_space:
             parts.append(parts.pop(0))
-        self._repeat = TemplateRepeat("".join(parts), lines, p, repeats, start, len(slots))
+        self._repeat = self._last = TemplateRepeat("".join(parts), lines, p, repeats, start, len(slots))
 
 
 def find_template(pieces: Sequence[str] | str, *, anywhere: bool = False,
@@ -310,7 +316,6 @@ def find_template(pieces: Sequence[str] | str, *, anywhere: bool = False,
         last one reported along it), or None.
     """
     det = TemplateDetector(**params)
-    last = None
     for piece in pieces:
-        last = det.feed(piece) or last
-    return last if anywhere else det.repeat
+        det.feed(piece)
+    return det.last if anywhere else det.repeat
