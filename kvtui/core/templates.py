@@ -138,6 +138,11 @@ class TemplateDetector:
         """How many pieces were fed since the last reset."""
         return self._n
 
+    @property
+    def lexemes(self) -> int:
+        """How many whole lexemes the pieces fed so far made (the last one may still be growing)."""
+        return len(self._lex)
+
     def feed(self, piece: str) -> TemplateRepeat | None:
         """Take the next piece of text and report the template the text now ends in.
 
