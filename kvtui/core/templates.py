@@ -78,6 +78,8 @@ class TemplateDetector:
 
     Only whole lexemes are judged: a piece that ends inside a number or a word waits
     for the next piece, so the answer does not depend on how the text was tokenized.
+    It keeps the lexemes it has read, so memory grows with the stream (as for
+    :class:`~kvtui.core.loops.LoopDetector`).
 
     Args:
         min_repeats: whole cycles needed.
@@ -211,16 +213,18 @@ class TemplateDetector:
         (``*p1, *p2,``: each item ends with its comma, which arrives at once, and ``The cat is
         happy.`` reads as a sentence)."""
         lex, shape = self._lex, self._shape
+
+        def at(j: int) -> int:  # lexeme j of the cycle s .. s + p - 1, counted round
+            return j - p if j >= s + p else j + p if j < s else j
+
         cycle = range(s, s + p)
-        starts = [j + 1 for j in cycle if lex[j] == "\n" and lex[j + 1 - p * (j + 1 == s + p)] != "\n"]
-        if starts:  # line starts in the cycle, blank lines aside (the lexeme after j, a period back at the end)
-            self._phase = min(starts, key=lambda j: len(lex[j - p * (j == s + p)]) if lex[j - p * (j == s + p)]
-                              .isspace() else 0)
+        # Line starts (blank lines aside), and of those the least indented one.
+        starts = [j + 1 for j in cycle if lex[j] == "\n" and lex[at(j + 1)] != "\n"]
+        if starts:
+            self._phase = min(starts, key=lambda j: len(lex[at(j)]) if lex[at(j)].isspace() else 0)
             return
         spaces = [j for j in cycle if lex[j].isspace()]
-        # The lexeme before j, a period on where j is the loop's first (shapes repeat).
-        after_symbol = [j for j in spaces if shape[j - 1 + p * (j == s)] >= 0
-                        and not lex[j - 1 + p * (j == s)].isspace()]
+        after_symbol = [j for j in spaces if shape[at(j - 1)] >= 0 and not lex[at(j - 1)].isspace()]
         self._phase = (after_symbol or spaces or [s])[0]
 
     def _step(self, i: int, p: int, s: int) -> None:

@@ -272,6 +272,18 @@ def test_tokenization_does_not_matter(parts, cuts):
                 assert begin <= a.start < begin + len(pieces[b.start])
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet="123abx  \n,.=é\t", min_size=1, max_size=12), st.integers(1, 40),
+       st.text(alphabet="123abx \n,.", max_size=20), st.lists(st.integers(0, 5000), max_size=200))
+def test_tokenization_does_not_matter_on_random_units(unit, copies, tail, cuts):
+    # A random unit again and again with its 1 counting up (a template, often), then noise.
+    text = "".join(unit.replace("1", str(k)) for k in range(copies)) + tail
+    for pieces in (words(text), _cut(text, cuts)):
+        for anywhere in (False, True):
+            assert _no_start(find_template(list(text), anywhere=anywhere)) == \
+                _no_start(find_template(pieces, anywhere=anywhere))
+
+
 # ---- the labelled corpus ----------------------------------------------------------------
 
 
