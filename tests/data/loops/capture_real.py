@@ -11,11 +11,14 @@ checks that a "loop" label's block really is what the tail repeats (then it fill
 ``period``, ``start`` and ``repeats`` straight from the definition: the smallest
 token cycle whose text is that block, and the earliest index from which the tail has
 that period). A reply without a label stops the script; it prints the text to read.
+``STUCK`` holds a second, reader's label where it differs from that rule: a reply stuck in
+a template (``7 x N = 10`` with N counting) is no verbatim loop but is stuck all the same.
 
 Usage (from the repository root; 15 minutes on 2 idle cores, 45 on busy ones):
 
     python tests/data/loops/capture_real.py --raw R.json   # capture what R.json lacks, write the corpus
     python tests/data/loops/capture_real.py --raw R.json --show   # print each reply, write no corpus
+    python tests/data/loops/capture_real.py --relabel   # set the reader labels (STUCK) again, offline
 
 ``--raw`` keeps every reply as it arrives, so a second run only sends the prompts it
 lacks, and relabelling needs no server. Without it every prompt is sent again.
@@ -193,6 +196,44 @@ REMARKS: dict[str, str] = {
 }
 
 
+# What a reader calls each reply, where that differs from what LABELS implies (a "loop" reads
+# as stuck "verbatim", a "none" as not stuck). LABELS answers the verbatim rule's question ("does
+# it end in a verbatim repetition?"); these answer a reader's ("is the model stuck?"), and were
+# set by reading each reply again (2026-12-01, issue 18 item 7), never by running a detector.
+STUCK: dict[str, tuple[str, str]] = {
+    "code-fibonacci": ("template", "an `elif n == K:` / `return 19` ladder with K counting up to 27 (after "
+                                   "`return K` up to 19): the function never computes anything"),
+    "code-matrix-class": ("template", "redefines `__eq__` .. `__ge__` a second time with the same bodies "
+                                      "and starts a third round"),
+    "t07-list-numbers": ("template", "asked for the numbers 1 to 5, writes `1) 2) 3) ...` up to 100) and "
+                                     "on: a counter and nothing else"),
+    "csv-rows": ("template", "35 rows alternating `bob,75` and `carol,75` with only the id counting: no data"),
+    "times-table": ("template", "`7 x N = 10` for N = 10..33: the same wrong result while N counts"),
+    "numbered-steps": ("template", "34 steps alternating 'Add water and stir.' and 'Add flour and stir.': "
+                                   "the recipe never moves on"),
+    "t07-code-matrix-class": ("template", "cycles through the comparison methods, redefining `__lt__`, "
+                                          "`__gt__`, `__eq__` again and again with bodies that change at random"),
+    "t07-code-c-main": ("template", "declares `*p11, *p12, ..., *p53` in one line: a counter and nothing else"),
+}
+
+# The replies that are lists, tables or code of similar items without being verbatim loops:
+# where a template is plausible, and where the quiet signal's precision is reported.
+FORMS: dict[str, str] = {
+    "code-fibonacci": "code", "code-matrix-class": "code", "t07-list-numbers": "list", "csv-rows": "table",
+    "times-table": "table", "numbered-steps": "list", "t07-code-matrix-class": "code", "t07-code-c-main": "code",
+}
+
+
+def reader_label(name: str, label: str) -> dict:
+    """The case's ``stuck`` field, ``stuck_reason`` where a reader's call differs from LABELS, and ``form``."""
+    out = {"stuck": "verbatim" if label == "loop" else "none"}
+    if name in STUCK:
+        stuck, why = STUCK[name]
+        out = {"stuck": stuck, "stuck_reason": why}
+    if name in FORMS:
+        out["form"] = FORMS[name]
+    return out
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -318,12 +359,24 @@ def build(raw: dict) -> dict:
             case["description"] = f"{how}. Label by a person reading the text: not a loop; {note}"
         if name in REMARKS:
             case["description"] += " " + REMARKS[name]
+        case |= reader_label(name, label)
         case |= {"tokenizer": "gemma-3-270m", "prompt": rep["prompt"], "tokens": ids, "pieces": pieces}
         cases.append(case)
     return {"format": 1,
             "source": (f"real llama-server {raw['server']} ({' '.join(raw['argv'])}), model {raw['model']}; "
                        "tests/data/loops/capture_real.py; labels by a person reading each reply"),
             "cases": cases}
+
+
+def relabel(data: dict) -> dict:
+    """The corpus with every case's reader label set again from STUCK (no server, no raw replies)."""
+    cases = []
+    for case in data["cases"]:
+        head = {k: v for k, v in case.items() if k in ("name", "label", "description", "period", "start",
+                                                         "repeats")}
+        rest = {k: v for k, v in case.items() if k not in head and k not in ("stuck", "stuck_reason", "form")}
+        cases.append(head | reader_label(case["name"], case["label"]) | rest)
+    return data | {"cases": cases}
 
 
 def show(name: str, rep: dict) -> None:
@@ -347,7 +400,13 @@ def main() -> int:
     ap.add_argument("--raw", type=Path, help="keep the raw replies here; only prompts it lacks are sent")
     ap.add_argument("--show", action="store_true", help="print every reply and write no corpus")
     ap.add_argument("--threads", type=int, default=2, help="llama-server -t (default 2)")
+    ap.add_argument("--relabel", action="store_true",
+                    help="only set the reader labels (STUCK) in the existing corpus again; sends nothing")
     args = ap.parse_args()
+    if args.relabel:
+        OUT.write_text(dump(relabel(json.loads(OUT.read_text(encoding="utf-8")))), encoding="utf-8")
+        print(f"relabelled {OUT}", file=sys.stderr)
+        return 0
     raw: dict = {}
     if args.raw is not None and args.raw.exists():
         raw = json.loads(args.raw.read_text(encoding="utf-8"))

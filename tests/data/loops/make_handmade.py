@@ -39,12 +39,22 @@ cases: list[dict] = []
 
 
 def add(name: str, label: str, how: str, description: str, text: str,
-        prefix: str = "", unit: str = "") -> None:
-    """Add one case; for a loop, ``text`` is prefix + unit * k (+ part of unit)."""
+        prefix: str = "", unit: str = "", stuck: str = "", why: str = "", form: str = "") -> None:
+    """Add one case; for a loop, ``text`` is prefix + unit * k (+ part of unit).
+
+    ``stuck`` is what a reader calls the text ("verbatim", "template" or "none"; by
+    default "verbatim" for a loop and "none" otherwise), ``why`` the reader's reason,
+    ``form`` what kind of regular text it is ("list", "table", "tests", "code"), if any.
+    """
     pieces = tokenize(text, how)
     ids = [vocab.setdefault(p, len(vocab)) for p in pieces]
     case: dict = {"name": f"{name}-{how}", "label": label, "tokenizer": how,
-                  "description": description}
+                  "description": description,
+                  "stuck": stuck or ("verbatim" if label == "loop" else "none")}
+    if why:
+        case["stuck_reason"] = why
+    if form:
+        case["form"] = form
     if label == "loop":
         assert text.startswith(prefix + unit)
         # Count the cycle between the second and third copies: a piece can merge across
@@ -104,12 +114,12 @@ for how in ("word", "char"):
 cols = [f"c{i}" for i in range(20)]
 wide = ("| " + " | ".join(cols) + " |\n" + "|" + " --- |" * 20 + "\n"
         + "| " + " | ".join(str(i * 3) for i in range(20)) + " |\n")
-add("wide-table-separator", "none", "word", "a 20-column markdown table", wide)
+add("wide-table-separator", "none", "word", "a 20-column markdown table", wide, form="table")
 add("wide-table-separator-cut", "none", "word", "a 20-column table cut after its separator line",
-    wide[: wide.index("\n", wide.index("---")) + 1])
+    wide[: wide.index("\n", wide.index("---")) + 1], form="table")
 compact = "|" + "|".join(cols[:12]) + "|\n|" + "---|" * 12 + "\n"
 add("compact-table-separator-cut", "none", "char", "a 12-column |---|---| separator, char-level, "
-    "ending at it", compact)
+    "ending at it", compact, form="table")
 
 tests_py = "".join(f"def test_parse_size_{n}():\n"
                    f"    assert parse_size(\"{n}k\") == {n * 1024}\n\n\n" for n in range(1, 13))
@@ -121,12 +131,17 @@ switch_c = ("switch (op) {\n"
             + "".join(f"case {n}:\n    return handle_{n}(ctx);\n" for n in range(24)) + "}\n")
 for how in ("word", "char"):
     add("similar-test-functions", "none", how, "a test file of twelve near-identical functions",
-        tests_py)
-    add("dict-literal-40", "none", how, "a 40-entry dict literal, every value None", dict_py)
+        tests_py, why="twelve tests of parse_size, each with its own input and correct result: "
+        "repetitive, but a sound test file", form="tests")
+    add("dict-literal-40", "none", how, "a 40-entry dict literal, every value None", dict_py,
+        stuck="template", why="forty keys named option_00 to option_39, every value None: "
+        "numbered placeholders that say nothing", form="code")
     add("numbered-list", "none", how, "a numbered list of thirty identical items (a near-loop)",
-        numbered)
-    add("markdown-table", "none", how, "a markdown table of similar rows", table_md)
-    add("switch-statement", "none", how, "a switch statement of similar cases", switch_c)
+        numbered, stuck="template", why="thirty items that all read TODO: a list with no content", form="list")
+    add("markdown-table", "none", how, "a markdown table of similar rows", table_md,
+        why="a status table: each row names its own worker and says it is idle", form="table")
+    add("switch-statement", "none", how, "a switch statement of similar cases", switch_c,
+        why="dispatch code: each case calls its own handler", form="code")
 
 # ---- loops -----------------------------------------------------------------------
 
@@ -176,6 +191,86 @@ loop("cut-midway", "char", "a sentence three times, the fourth copy cut off midw
      "It is what it is, and that is all there is to it. ", 3, "It is what it i")
 loop("list-runaway", "word", "a list that degenerates into the same item forever",
      "Ingredients: flour, sugar, eggs,", " butter, milk, butter, milk, salt,", 8)
+
+# ---- template repetition and legitimate regular text (the quiet PATTERN signal) ------------
+# Labelled by what a reader calls them: "template" where the text is stuck in a pattern that
+# changes only a number or a word, "none" for legitimate lists, tables and test suites whose
+# items each say something of their own (and for a table that was asked for).
+
+table10 = ("| Language | Year | Creator | Typing |\n| --- | --- | --- | --- |\n"
+           "| Python | 1991 | Guido van Rossum | dynamic |\n| C | 1972 | Dennis Ritchie | static |\n"
+           "| Haskell | 1990 | a committee | static, inferred |\n| Lisp | 1958 | John McCarthy | dynamic |\n"
+           "| Rust | 2015 | Graydon Hoare | static |\n| JavaScript | 1995 | Brendan Eich | dynamic, weak |\n"
+           "| Go | 2009 | Griesemer, Pike and Thompson | static |\n| Ruby | 1995 | Yukihiro Matsumoto | dynamic |\n"
+           "| Fortran | 1957 | John Backus | static |\n| Erlang | 1986 | Joe Armstrong | dynamic, strong |\n")
+add("table-10-languages", "none", "word", "a markdown table of ten programming languages", table10,
+    why="ten rows, each a different language with its own year, author and typing", form="table")
+steps12 = ("How to bake bread:\n1. Mix 500 g of flour with 10 g of salt.\n2. Dissolve 7 g of yeast in 350 ml "
+           "of warm water.\n3. Pour the water into the flour and stir until no dry flour is left.\n"
+           "4. Knead the dough on a floured table for ten minutes.\n5. Put it in an oiled bowl and cover it.\n"
+           "6. Let it rise for an hour, until it has doubled.\n7. Knock the air out and shape a loaf.\n"
+           "8. Place the loaf in a tin and let it rise again for 45 minutes.\n9. Heat the oven to 220 C.\n"
+           "10. Slash the top with a sharp knife.\n11. Bake for 30 minutes, until the crust is brown.\n"
+           "12. Cool it on a rack before slicing.\n")
+add("steps-12-bread", "none", "word", "a numbered list of twelve different steps", steps12,
+    why="twelve steps, each a different action", form="list")
+pytest10 = ("import pytest\n\nfrom shop.cart import Cart, Item\n\n\n"
+            "def test_empty_total():\n    assert Cart().total == 0\n\n\n"
+            "def test_one_item():\n    assert Cart([Item(\"pen\", 3)]).total == 3\n\n\n"
+            "def test_two_items():\n    assert Cart([Item(\"pen\", 3), Item(\"ink\", 5)]).total == 8\n\n\n"
+            "def test_quantity():\n    assert Cart([Item(\"pen\", 3, qty=4)]).total == 12\n\n\n"
+            "def test_discount():\n    assert Cart([Item(\"pen\", 10)], discount=0.1).total == 9\n\n\n"
+            "def test_remove():\n    cart = Cart([Item(\"pen\", 3)])\n    cart.remove(\"pen\")\n"
+            "    assert cart.items == []\n\n\n"
+            "def test_remove_missing_raises():\n    with pytest.raises(KeyError):\n"
+            "        Cart().remove(\"pen\")\n\n\n"
+            "def test_len():\n    assert len(Cart([Item(\"a\", 1), Item(\"b\", 2)])) == 2\n\n\n"
+            "def test_contains():\n    assert \"pen\" in Cart([Item(\"pen\", 3)])\n\n\n"
+            "def test_str():\n    assert str(Cart()) == \"Cart(0 items, total 0)\"\n")
+add("pytest-10-asserts", "none", "word", "a pytest file of ten different tests", pytest10,
+    why="ten tests, each checking a different behaviour", form="tests")
+people = [("Alice", "Paris", 34, 88.5), ("Bruno", "Lyon", 27, 71.0), ("Chen", "Beijing", 45, 93.2),
+          ("Dara", "Dublin", 31, 64.8), ("Emeka", "Lagos", 29, 77.1), ("Farah", "Cairo", 38, 81.9),
+          ("Goran", "Zagreb", 52, 58.4), ("Hana", "Kyoto", 23, 90.0), ("Ivan", "Kazan", 41, 69.3),
+          ("Jana", "Brno", 36, 85.6), ("Kofi", "Accra", 33, 74.2), ("Lena", "Bergen", 26, 96.1),
+          ("Mateo", "Quito", 48, 62.7), ("Nadia", "Tunis", 30, 79.5), ("Omar", "Amman", 39, 88.0),
+          ("Priya", "Pune", 28, 91.4), ("Quinn", "Cork", 44, 67.9), ("Rosa", "Sevilla", 35, 73.3),
+          ("Sven", "Malmo", 50, 84.7), ("Tariq", "Lahore", 32, 70.6)]
+csv20 = "id,name,city,age,score\n" + "".join(f"{i},{n},{c},{a},{s}\n" for i, (n, c, a, s) in enumerate(people, 1))
+add("csv-20-people", "none", "word", "a CSV of twenty rows, different values in four columns", csv20,
+    why="twenty people, each with their own name, city, age and score", form="table")
+times_asked = ("User: Write out the multiplication table of 7, from 1 to 12.\nAssistant: Here it is:\n"
+               + "".join(f"7 x {n} = {7 * n}\n" for n in range(1, 13)))
+add("times-table-asked", "none", "word", "the multiplication table of 7 that the prompt asked for",
+    times_asked, why="asked for, correct, and it stops at 12 (PATTERN is expected here: the detector "
+    "cannot know what was asked; the signal is quiet and never stops a run)", form="table")
+shopping = "Shopping list:\n" + "".join(f"- {w}\n" for w in (
+    "apples bread milk eggs butter cheese rice onions tomatoes coffee lemons yoghurt").split())
+add("shopping-list-12", "none", "word", "a shopping list of twelve one-word items", shopping,
+    why="twelve different things to buy", form="list")
+ranking = "Top ten cities by visitors:\n" + "".join(f"{n}. {c}\n" for n, c in enumerate(
+    "Bangkok Paris London Dubai Singapore Istanbul Tokyo Seoul Rome Barcelona".split(), 1))
+add("ranking-10-cities", "none", "word", "a numbered list of ten one-word items", ranking,
+    why="ten different cities", form="list")
+json_rows = "[\n" + ",\n".join(f'  {{"id": {i}, "name": "{n.lower()}", "age": {a}}}'
+                                for i, (n, _, a, _) in enumerate(people[:12], 1)) + "\n]\n"
+add("json-12-objects", "none", "word", "a JSON list of twelve objects with different values", json_rows,
+    why="twelve records, each with its own name and age", form="code")
+
+animals = "cat dog bird fish horse cow sheep goat duck hen pig fox".split()
+add("one-slot-sentences", "none", "word", "'The X is happy.' twelve times with a different animal",
+    "I have many pets. " + " ".join(f"The {a} is happy." for a in animals) + "\n", stuck="template",
+    why="the same sentence twelve times with only the animal changing: it says nothing new")
+add("alternating-sentences", "none", "word", "'Add water and stir, step N.' and 'Add flour and stir, "
+    "step N.' alternating on one line, 34 sentences", "To make the dough: " + " ".join(
+        f"Add {'water' if n % 2 else 'flour'} and stir, step {n}." for n in range(1, 35)) + "\n",
+    stuck="template", why="two sentences alternating seventeen times each with a step number: the "
+    "recipe never moves on")
+add("diary-counter", "none", "word", "'Day N: nothing happened.' for N = 1..14",
+    "My diary:\n" + "".join(f"Day {n}: nothing happened.\n" for n in range(1, 15)), stuck="template",
+    why="fourteen entries that differ only in the day number", form="list")
+add("times-table-asked-to-5", "none", "word", "the table of 3 up to 5, as asked",
+    "3 x 1 = 3\n3 x 2 = 6\n3 x 3 = 9\n3 x 4 = 12\n3 x 5 = 15\n", why="five rows asked for", form="table")
 
 OUT.write_text('{"format": 1, "source": "handmade", "generator": '
                '"tests/data/loops/make_handmade.py",\n "cases": [\n'
