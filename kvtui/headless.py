@@ -14,6 +14,7 @@ from .core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
+    PatternDetected,
     RunFinished,
     ServerExited,
     ServerReady,
@@ -42,6 +43,7 @@ class HeadlessConsole:
         self.use_live = self.console.is_terminal if live is None else live
         self._live: Live | None = None
         self._last_refresh = 0.0
+        self._patterns_said: set[tuple[int, int]] = set()
 
     def __call__(self, event: Event) -> None:
         self.handle(event)
@@ -80,6 +82,11 @@ class HeadlessConsole:
                     self.say(e.side, f"warning: {w}", "yellow")
             case WarmupDone():
                 self.say(e.side, f"warmed up ({e.ms:.0f} ms)", "dim")
+            case PatternDetected():
+                if (e.side, e.run) not in self._patterns_said:  # once per run: it is the quiet signal
+                    self._patterns_said.add((e.side, e.run))
+                    self.say(e.side, f"pattern: {escape(repr(e.skeleton.strip())[:60])} x{e.repeats} from piece "
+                                     f"{e.start} (the same skeleton, only numbers or a word changing)", "yellow")
             case LoopDetected():
                 if not looping_before:
                     self.say(e.side, f"repetition loop: {e.period}-token cycle from token {e.start}, "

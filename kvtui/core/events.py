@@ -139,6 +139,19 @@ class MemorySampled:
 
 
 @dataclass(frozen=True, slots=True)
+class PatternDetected:
+    """The quiet signal: the text has been repeating one skeleton (only numbers or one word change); never stops."""
+
+    t: float
+    side: int
+    run: int
+    skeleton: str
+    repeats: int
+    start: int
+    lines: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class LoopDetected:
     t: float
     side: int
@@ -196,6 +209,7 @@ Event = (
     | TokenReceived
     | MemorySampled
     | LoopDetected
+    | PatternDetected
     | RunFinished
     | SideFinished
     | ErrorRaised

@@ -28,6 +28,7 @@ from .errors import RecordError
 from .fairness import Fairness
 from .loops import Loop
 from .provenance import RanWith
+from .templates import TemplateRepeat
 from .tomlmodel import dump, key, load, markdown_table
 from .vocab import FAILED, Schedule, SessionStatus, SideStatus, StopReason
 
@@ -69,6 +70,9 @@ class Run:
     counts: tuple[int, ...] = key("the server's token count at each piece", ())
     loop: Loop | None = key("the repetition loop found in it: with `stop_on_loop` where it stopped, otherwise the "
                             "last one reported", None)
+    pattern: TemplateRepeat | None = key(
+        "the quiet PATTERN signal: the text ended in one skeleton repeated with only numbers or one word changing "
+        "(a table or list may do this on purpose; never a failure, never stops a run)", None)
     error: str | None = key("what went wrong in this run", None)
     check: TaskCheck | None = key("the task check of its text", None)
     top_ids: tuple[tuple[int, ...], ...] = key("with `n_probs`: per piece, the top-N token ids", ())
@@ -270,6 +274,7 @@ class RunAccumulator:
         self.first: tuple[float, int] | None = None  # (time, server count) of the first and last pieces
         self.last: tuple[float, int] | None = None
         self.loop: Loop | None = None  # the runner sets it as its detector reports
+        self.pattern: TemplateRepeat | None = None  # likewise, from the template detector
 
     def add(self, t: float, n: int, text: str, token_id: int | None = None,
             top: tuple[tuple[int, float], ...] | None = None) -> None:
@@ -313,7 +318,8 @@ class RunAccumulator:
             predicted_per_second=_r(timings.get("predicted_per_second")), ttft_ms=_r(ttft),
             client_tokens_per_second=_r(client), t_sent=round(self.t_sent, 3),
             t_end=None if t_end is None else round(t_end, 3), text=self.text, pieces=tuple(self.pieces),
-            t_ms=tuple(self.t_ms), ids=tuple(self.ids), counts=tuple(self.counts), loop=self.loop, error=error,
+            t_ms=tuple(self.t_ms), ids=tuple(self.ids), counts=tuple(self.counts), loop=self.loop,
+            pattern=self.pattern, error=error,
             check=check, top_ids=tuple(tuple(i for i, _ in t) for t in tops),
             top_logprobs=tuple(tuple(round(lp, 4) for _, lp in t) for t in tops))
 

@@ -19,6 +19,7 @@ from .events import (
     Event,
     LoopDetected,
     MemorySampled,
+    PatternDetected,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -31,13 +32,15 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
-from .loops import LoopDetector
+from .loops import LoopDetector, piece_key
 from .record import Run, SessionRecord
 from .session import SessionRecorder
+from .templates import TemplateDetector
 from .vocab import SessionStatus
 
 _ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, RequestSent: 4, MemorySampled: 5,
-          TokenReceived: 6, LoopDetected: 7, RunFinished: 8, ErrorRaised: 9, ServerExited: 10, SideFinished: 11,
+          TokenReceived: 6, LoopDetected: 7, PatternDetected: 7, RunFinished: 8, ErrorRaised: 9, ServerExited: 10,
+          SideFinished: 11,
           SessionFinished: 12}
 
 
@@ -52,14 +55,19 @@ def _run_events(i: int, run: Run) -> list[Event]:
     if t_end is None:  # a run cut short by kvtui's end: it ended with its last piece
         t_end = t_sent + (run.t_ms[-1] / 1000 if run.t_ms else 0.0)
     out: list[Event] = [RequestSent(t_sent, i, run.run, run.prompt, run.repeat, run.seed, run.schedule)]
-    detector = LoopDetector()
-    last_repeats = None
+    detector, patterns = LoopDetector(), TemplateDetector()
+    last_repeats = last_pattern = None
     for k, text in enumerate(run.pieces):
         t = t_sent + run.t_ms[k] / 1000
         tid = ids[k] if ids[k] >= 0 else None
         out.append(TokenReceived(t, i, run.run, counts[k], text, tid))
-        if tid is not None:
-            found = detector.feed(tid, text)
+        pattern = patterns.feed(text)
+        if pattern is not None and (pattern.skeleton, pattern.repeats) != last_pattern:
+            last_pattern = (pattern.skeleton, pattern.repeats)
+            out.append(PatternDetected(t, i, run.run, pattern.skeleton, pattern.repeats, pattern.start, pattern.lines))
+        key = tid if tid is not None else piece_key(text)  # as live: chat pieces stand in for unknown ids
+        if key is not None:
+            found = detector.feed(key, text)
             if found is not None and found.repeats != last_repeats:
                 last_repeats = found.repeats
                 out.append(LoopDetected(t, i, run.run, found.period, found.start, found.repeats, found.text))

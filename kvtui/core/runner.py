@@ -25,6 +25,7 @@ from .events import (
     Event,
     LoopDetected,
     MemorySampled,
+    PatternDetected,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -44,6 +45,7 @@ from .profiles import Prompt
 from .record import RunAccumulator
 from .server import LlamaServer, Server
 from .serverlog import tail
+from .templates import TemplateDetector
 from .vocab import Schedule
 
 Sink = Callable[[Event], None]
@@ -342,6 +344,7 @@ class Runner:
     async def _consume(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
                        result: client.StreamResult) -> None:
         detector = LoopDetector()
+        patterns = TemplateDetector()
         stop_on_loop = self.plan.profile.run.stop_on_loop
         assert self._http is not None
         async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
@@ -351,6 +354,12 @@ class Runner:
                 raise asyncio.CancelledError
             acc.add(piece.t, piece.n, piece.text, piece.token_id, piece.top)
             self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
+            pattern = patterns.feed(piece.text)
+            if pattern is not None and (acc.pattern is None or (pattern.skeleton, pattern.repeats) != (
+                    acc.pattern.skeleton, acc.pattern.repeats)):
+                acc.pattern = pattern
+                self.emit(PatternDetected(self.now(), i, run, pattern.skeleton, pattern.repeats, pattern.start,
+                                          pattern.lines))
             key = piece.token_id if piece.token_id is not None else piece_key(piece.text)
             if key is not None:
                 found = detector.feed(key, piece.text)

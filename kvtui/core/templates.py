@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .loops import LoopDetector
+from .tomlmodel import key
 
 MIN_REPEATS = 8  # whole cycles of the skeleton in a row
 MIN_INLINE_CHARS = 160  # characters a run of cycles inside one line must cover (two 80-column lines)
@@ -65,12 +66,12 @@ _STEP_DIGITS = 18  # longer numbers are compared as text only
 class TemplateRepeat:
     """A run of one skeleton at the end of a text, only numbers or one word changing."""
 
-    skeleton: str  # one cycle as text; a number changing lately is '#', a word '…'
-    lines: int  # line breaks in one cycle: 1 for a repeated line, 2 for a two-line block, 0 within a line
-    period: int  # lexemes (numbers, words, symbols, line breaks, runs of spaces) in one cycle
-    repeats: int  # whole cycles in the run (the first may begin in the line before ``start``)
-    start: int  # index of the piece (token) where the run's first whole line (or item) begins
-    slots: int  # positions of the cycle that changed in its last MIN_REPEATS cycles
+    skeleton: str = key("one cycle as text; a number that kept changing is `#`, a word `…`")
+    lines: int = key("line breaks in one cycle: 1 for a repeated line, 2 for a two-line block, 0 within a line")
+    period: int = key("lexemes (numbers, words, symbols, line breaks, runs of spaces) in one cycle")
+    repeats: int = key("whole cycles in the run")
+    start: int = key("index of the piece where the run's first whole line (or item) begins")
+    slots: int = key("positions of the cycle that changed in its last cycles")
 
 
 class TemplateDetector:

@@ -21,6 +21,7 @@ from kvtui.core.errors import RecordError
 from kvtui.core.events import RequestSent, RunFinished, SessionFinished, SideFinished, TokenReceived
 from kvtui.core.fairness import Fairness
 from kvtui.core.loops import Loop
+from kvtui.core.templates import TemplateRepeat
 from kvtui.core.provenance import parse_ran_with
 from kvtui.core.record import (
     CUT_SHORT,
@@ -55,7 +56,8 @@ def full_record() -> SessionRecord:
     run = Run(run=0, stop="loop", schedule="alternate", prompt="p", repeat=1, seed=43, prompt_n=9,
               prompt_per_second=120.5, predicted_n=3, predicted_per_second=20.25, ttft_ms=31.5,
               client_tokens_per_second=19.75, t_sent=1.5, t_end=2.5, text="abc", pieces=("a", "b", "c"),
-              t_ms=(10.0, 20.0, 30.5), ids=(1, 2, -1), counts=(1, 2, 3), loop=Loop(1, 0, 3, "a"), error="why",
+              t_ms=(10.0, 20.0, 30.5), ids=(1, 2, -1), counts=(1, 2, 3), loop=Loop(1, 0, 3, "a"),
+              pattern=TemplateRepeat("7 x # = #\n", 1, 10, 24, 0, 2), error="why",
               check=check, top_ids=((1, 2), (2, 1), (3, 4)), top_logprobs=((-0.1, -2.5), (-0.2, -3.0), (-1.0, -1.5)))
     side = Side("q8_0", "q8_0", "q8_0", status="done", argv=("llama-server", "-ctk", "q8_0"), kv_estimate_mib=14.34,
                 kv_cache_mib=14.35, port=4000, log="/tmp/x.log", pid=12, n_ctx=4096, build="b1", flash_attn="enabled",

@@ -385,3 +385,32 @@ def test_stuck_scores():
     # Lists, tables, test suites and code that are not verbatim loops: 15 legitimate ones,
     # PATTERN silent on 11 (the four above fire); 11 stuck ones, 9 found.
     assert (forms["legit"], forms["legit_silent"], forms["stuck"], forms["tp"]) == (15, 11, 11, 9)
+
+
+def test_a_replayed_run_that_repeats_a_skeleton_shows_the_quiet_pattern_signal() -> None:
+    """The same event path as live: the replay feeds the template detector and the console says it once."""
+    from rich.console import Console
+
+    from kvtui.core.events import PatternDetected
+    from kvtui.core.replay import _run_events
+    from kvtui.core.record import Run
+    from kvtui.core.vocab import StopReason
+    from kvtui.headless import HeadlessConsole
+
+    text = "".join(f"7 x {n} = 10\n" for n in range(10, 34))
+    pieces = tuple(text[i:i + 4] for i in range(0, len(text), 4))
+    run = Run(run=0, stop=StopReason.LENGTH, pieces=pieces, text=text, t_sent=0.0, t_end=1.0,
+              t_ms=tuple(float(k) for k in range(len(pieces))), ids=tuple(range(len(pieces))),
+              counts=tuple(range(1, len(pieces) + 1)))
+    events = _run_events(0, run)
+    found = [e for e in events if isinstance(e, PatternDetected)]
+    assert found and found[-1].skeleton == "7 x # = 10\n" and found[-1].repeats == 24
+    console = HeadlessConsole(Console(record=True, width=200, force_terminal=False), live=False)
+    from kvtui.core.events import SessionStarted, SideInfo
+
+    console.handle(SessionStarted(0.0, "t", "parallel", "", "simultaneous", (SideInfo("q8_0", "q8_0", "q8_0", ()),),
+                                  "", "m", 1.0, "gemma3", "", "", ""))
+    for e in events:
+        console.handle(e)
+    said = [ln for ln in console.console.export_text().splitlines() if "pattern:" in ln]
+    assert len(said) == 1 and said[0].startswith("q8_0: pattern: '7 x # = 10'"), said
