@@ -14,6 +14,7 @@ from .core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
+    PromptProgress,
     RunFinished,
     ServerExited,
     ServerReady,
@@ -26,6 +27,8 @@ from .core.events import (
 from .core.record import SessionRecord
 from .core.state import SessionState
 from .core.summary import SideSummary, clean_finish, comparisons, summarize, verdicts
+
+PROGRESS_PRINT_S = 5.0
 
 
 class HeadlessConsole:
@@ -42,6 +45,7 @@ class HeadlessConsole:
         self.use_live = self.console.is_terminal if live is None else live
         self._live: Live | None = None
         self._last_refresh = 0.0
+        self._last_progress: dict[int, float] = {}  # side -> event time of its last printed progress line
 
     def __call__(self, event: Event) -> None:
         self.handle(event)
@@ -69,11 +73,26 @@ class HeadlessConsole:
             case SideWaiting():
                 self.say(e.side, f"waits ({e.reason})", "dim")
             case ServerStarting():
-                self.say(e.side, f"starting llama-server on port {e.port} (log: {e.log_path})", "dim")
+                if e.attached:
+                    self.say(e.side, f"attaching to the llama-server at {escape(e.attached)}", "dim")
+                else:
+                    env = "".join(f"{k}={v} " for k, v in e.env)
+                    self.say(e.side, f"starting {env}llama-server on port {e.port} (log: {e.log_path})", "dim")
             case ServerReady():
                 kv = f", KV cache {e.kv_cache_mib:.2f} MiB" if e.kv_cache_mib is not None else ""
                 fa = f", flash attention {e.flash_attn}" if e.flash_attn else ""
-                self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
+                if e.attached:
+                    mem = f"pid {e.pid}" if e.pid else "memory: remote"
+                    self.say(e.side, f"attached (n_ctx {e.n_ctx}, build {e.build}, {mem}; cache types as declared)")
+                else:
+                    self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
+            case PromptProgress():
+                # throttled: a line every PROGRESS_PRINT_S per side, and the last report of a prompt
+                last = self._last_progress.get(e.side, -1e9)
+                done = e.total is not None and e.processed == e.total
+                if e.t - last >= PROGRESS_PRINT_S or (done and e.t > last):
+                    self._last_progress[e.side] = e.t
+                    self.say(e.side, e.line(), "dim")
                 for w in e.warnings:
                     self.say(e.side, f"warning: {w}", "yellow")
             case WarmupDone():

@@ -103,7 +103,15 @@ class Side:
     cache_type_v: str = key("`-ctv`, the V cache type")
     status: SideStatus = key("where the side is; in a finished record `done`, `aborted`, `crashed` (its server "
                              "died) or `error` (a request failed)", SideStatus.WAITING)
-    argv: tuple[str, ...] = key("the server's command line (API key masked)", ())
+    argv: tuple[str, ...] = key("the server's command line (API key masked); empty for an attached server", ())
+    url: str | None = key("the URL of the server kvtui attached to instead of starting one (it was left running)",
+                          None)
+    cache_types: Literal["set", "declared"] | None = key(
+        "`set`: kvtui passed `-ctk`/`-ctv`; `declared`: an attached server's types as the profile says them "
+        "(llama-server does not report them)", None)
+    placement: str | None = key("where the profile put the side's server: `device` (`--device CUDA1`), "
+                                "`GPU 1` (`gpus`, as CUDA_VISIBLE_DEVICES) or the attached URL", None)
+    served_model: str | None = key("an attached server's model, as its `/props` says", None)
     kv_estimate_mib: float | None = key("kvtui's KV cache estimate from the GGUF metadata", None)
     kv_cache_mib: float | None = key("KV cache size the server printed (`llama_kv_cache: size = ...`, summed)", None)
     port: int | None = key("the server's port", None)
@@ -119,7 +127,9 @@ class Side:
     t_ready: float | None = key("server answered /health, seconds since the session started", None)
     t_warm: float | None = key("warm-up done, seconds since the session started", None)
     t_exit: float | None = key("server exited, seconds since the session started", None)
-    memory_source: Literal["nvml", "rss"] | None = key("`nvml` (VRAM of the process) or `rss` (no NVIDIA GPU)", None)
+    memory_source: Literal["nvml", "rss", "remote"] | None = key(
+        "`nvml` (VRAM of the process), `rss` (no NVIDIA GPU) or `remote` (an attached server whose process is not "
+        "on this machine: not sampled)", None)
     vram_peak_mib: float | None = key("the server process's peak VRAM (NVML)", None)
     rss_peak_mib: float | None = key("the server process's peak RSS (no GPU)", None)
     gpu_name: str | None = key("the GPU NVML reported", None)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -25,6 +26,7 @@ from .events import (
     Event,
     LoopDetected,
     MemorySampled,
+    PromptProgress,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -42,13 +44,14 @@ from .loops import LoopDetector, piece_key
 from .plan import Plan
 from .profiles import Prompt
 from .record import RunAccumulator
-from .server import LlamaServer, Server
+from .server import AttachedServer, LlamaServer, Server
 from .serverlog import tail
 from .vocab import Schedule
 
 Sink = Callable[[Event], None]
 WARMUP_TOKENS = 8
 MEMORY_INTERVAL_S = 0.5
+PROGRESS_TICK_S = 1.0  # elapsed-time reports while a prompt is processed, where the build sends no progress
 
 
 class Runner:
@@ -109,7 +112,8 @@ class Runner:
                 model_size_mib=round(p.model.size_mib, 1), model_arch=p.model.arch,
                 server_bin=str(p.binary.path), server_version=p.server_version,
                 created=datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
-                sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib)
+                sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib,
+                                     s.placement, s.attached)
                             for s in p.sides),
                 warnings=p.warnings,
             ))
@@ -166,10 +170,19 @@ class Runner:
         side = self.plan.sides[i]
         starts = self._starts[i] = self._starts.get(i, 0) + 1  # a rerun's server keeps the earlier logs
         suffix = "" if starts == 1 else f".{starts}"
-        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log")
-        self.servers[i] = srv
-        self._set(i, "starting")
-        self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path)))
+        srv: Server
+        if side.attached:
+            srv = AttachedServer(side.url, side.api_key)
+            self.servers[i] = srv
+            self._set(i, "starting")
+            self.emit(ServerStarting(self.now(), i, urlsplit(side.url).port or 0, (), "", attached=side.url))
+        else:
+            srv = LlamaServer(self.plan.binary, list(side.args),
+                              self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log", env=dict(side.env))
+            self.servers[i] = srv
+            self._set(i, "starting")
+            self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path),
+                                     env=side.env))
         try:
             await srv.start()
             self._set(i, "loading")
@@ -178,8 +191,12 @@ class Runner:
         except ServerError as exc:
             self._fail(i, exc, "crashed" if srv.started else "error")
             return False
+        model = None
+        if isinstance(srv, AttachedServer) and srv.props is not None:
+            model = srv.props.model_path
         self.emit(ServerReady(self.now(), i, ready.pid, round(ready.load_s, 3), ready.n_ctx, ready.build,
-                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings))
+                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings,
+                              attached=isinstance(srv, AttachedServer), model_path=model))
         return True
 
     async def _warmup(self, i: int) -> bool:
@@ -210,7 +227,7 @@ class Runner:
             return
         was_running = srv.alive
         rc = await srv.stop()
-        if was_running:
+        if was_running and not isinstance(srv, AttachedServer):  # an attached server is left running
             self.emit(ServerExited(self.now(), i, rc, expected=True))
 
     async def _settle(self, i: int, timeout_s: float = 2.0) -> None:
@@ -342,9 +359,36 @@ class Runner:
         detector = LoopDetector()
         stop_on_loop = self.plan.profile.run.stop_on_loop
         assert self._http is not None
+        heard = False  # the server sent a prompt_progress
+
+        def on_progress(p: client.Progress) -> None:
+            nonlocal heard
+            heard = True
+            t = self.now()
+            self.emit(PromptProgress(t, i, run, round(t - acc.t_sent, 3), p.total, p.processed, p.cache,
+                                     _r(p.tokens_per_second), _r(p.eta_s)))
+
+        async def tick() -> None:  # where the build sends no progress: the time the prompt has taken so far
+            while True:
+                await asyncio.sleep(PROGRESS_TICK_S)
+                if not heard:
+                    t = self.now()
+                    self.emit(PromptProgress(t, i, run, round(t - acc.t_sent, 3)))
+
+        ticker = asyncio.create_task(tick())
+        try:
+            await self._stream_run(i, run, srv, path, body, acc, result, detector, stop_on_loop, on_progress, ticker)
+        finally:
+            ticker.cancel()
+
+    async def _stream_run(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
+                          result: client.StreamResult, detector: LoopDetector, stop_on_loop: bool,
+                          on_progress: Callable[[client.Progress], None], ticker: asyncio.Task[None]) -> None:
+        assert self._http is not None
         async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
                                          stall_timeout_s=self.plan.profile.run.stall_timeout_s,
-                                         clock=self.now, result=result):
+                                         clock=self.now, result=result, on_progress=on_progress):
+            ticker.cancel()  # the prompt is done once a token comes
             if i in self._aborted:  # belt and braces: an abort stops the stream at the next piece at the latest
                 raise asyncio.CancelledError
             acc.add(piece.t, piece.n, piece.text, piece.token_id, piece.top)

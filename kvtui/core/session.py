@@ -116,16 +116,22 @@ class SessionRecorder:
                 rec.model = Model(path=event.model_path, name=event.model_name, size_mib=event.model_size_mib,
                                   arch=event.model_arch)
                 rec.sides = [Side(s.name, s.cache_type_k, s.cache_type_v, argv=s.argv,
-                                  kv_estimate_mib=s.kv_estimate_mib) for s in event.sides]
+                                  kv_estimate_mib=s.kv_estimate_mib, placement=s.placement or None,
+                                  cache_types="declared" if s.attached else "set") for s in event.sides]
             case ServerStarting():
                 s = self.side(event.side)
                 s.status, s.t_start, s.port, s.argv, s.log = (
-                    SideStatus.STARTING, round(event.t, 3), event.port, event.argv, event.log_path)
+                    SideStatus.STARTING, round(event.t, 3), event.port, event.argv, event.log_path or None)
+                s.url = event.attached or None
             case ServerReady():
                 s = self.side(event.side)
                 s.status, s.t_ready, s.pid, s.load_s, s.n_ctx, s.build = (
                     SideStatus.READY, round(event.t, 3), event.pid, event.load_s, event.n_ctx, event.build)
                 s.kv_cache_mib, s.flash_attn, s.warnings = event.kv_cache_mib, event.flash_attn, event.warnings
+                if event.attached:
+                    s.served_model = event.model_path
+                    if not event.pid:
+                        s.pid, s.memory_source = None, "remote"
             case WarmupDone():
                 s = self.side(event.side)
                 s.warmup_ms, s.t_warm = event.ms, round(event.t, 3)
