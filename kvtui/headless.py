@@ -28,7 +28,8 @@ from .core.record import SessionRecord
 from .core.state import SessionState
 from .core.summary import SideSummary, clean_finish, comparisons, summarize, verdicts
 
-PROGRESS_PRINT_S = 5.0
+PROGRESS_PRINT_S = 5.0  # at most one progress line per side this often
+PROGRESS_AFTER_S = 1.0  # a prompt done sooner prints no progress
 
 
 class HeadlessConsole:
@@ -45,7 +46,7 @@ class HeadlessConsole:
         self.use_live = self.console.is_terminal if live is None else live
         self._live: Live | None = None
         self._last_refresh = 0.0
-        self._last_progress: dict[int, float] = {}  # side -> event time of its last printed progress line
+        self._last_progress: dict[tuple[int, int], float] = {}  # (side, run) -> time of its last progress line
 
     def __call__(self, event: Event) -> None:
         self.handle(event)
@@ -86,15 +87,17 @@ class HeadlessConsole:
                     self.say(e.side, f"attached (n_ctx {e.n_ctx}, build {e.build}, {mem}; cache types as declared)")
                 else:
                     self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
-            case PromptProgress():
-                # throttled: a line every PROGRESS_PRINT_S per side, and the last report of a prompt
-                last = self._last_progress.get(e.side, -1e9)
-                done = e.total is not None and e.processed == e.total
-                if e.t - last >= PROGRESS_PRINT_S or (done and e.t > last):
-                    self._last_progress[e.side] = e.t
-                    self.say(e.side, e.line(), "dim")
                 for w in e.warnings:
                     self.say(e.side, f"warning: {w}", "yellow")
+            case PromptProgress():
+                # only a prompt that takes a while; then a line every PROGRESS_PRINT_S, and its last report
+                key = (e.side, e.run)
+                last = self._last_progress.get(key)
+                done = e.total is not None and e.processed == e.total
+                if e.elapsed_s >= PROGRESS_AFTER_S and (last is None or e.t - last >= PROGRESS_PRINT_S
+                                                         or (done and e.t > last)):
+                    self._last_progress[key] = e.t
+                    self.say(e.side, e.line(), "dim")
             case WarmupDone():
                 self.say(e.side, f"warmed up ({e.ms:.0f} ms)", "dim")
             case LoopDetected():
