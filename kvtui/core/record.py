@@ -43,7 +43,9 @@ class Run:
     stop: StopReason = key("why it ended: end of text, `n_predict` or the context, a stop string, a loop kvtui "
                            "stopped, aborted, or an error")
     schedule: Schedule | None = key("how its figures were taken: `simultaneous` (with the other sides, contended), "
-                                    "`alternate` (one request at a time) or `solo` (its server alone); a "
+                                    "`separate` (with the other sides, each on its own GPU or machine: not "
+                                    "contended), `alternate` (one request at a time) or `solo` (its server "
+                                    "alone); a "
                                     "kvtui.session/1 record's runs take the session's `schedule`", None)
     prompt: str = key("the name of the suite's prompt it answered", "")
     repeat: int = key("which repeat of that prompt, 0-based (runs of two sides pair by prompt and repeat)", 0)

@@ -427,9 +427,13 @@ class Runner:
             except Exception:  # a probe that fails gives no reading, never a crash
                 continue
             for i, pid in pids.items():
-                self.emit(MemorySampled(
-                    self.now(), i, source, _r(sample.per_pid.get(pid)),
-                    _r(sample.device_total_mib), _r(sample.device_used_mib), sample.device_name))
+                own = sample.device_of(pid) if hasattr(sample, "device_of") else None
+                if own is not None:  # each side against its own GPU (they may be on different ones)
+                    name, total, used = own
+                else:
+                    name, total, used = sample.device_name, sample.device_total_mib, sample.device_used_mib
+                self.emit(MemorySampled(self.now(), i, source, _r(sample.per_pid.get(pid)), _r(total), _r(used),
+                                        name))
 
     def _set(self, i: int, status: str) -> None:
         self.status[i] = status
