@@ -66,6 +66,9 @@ class HeadlessConsole:
                 self.console.print(f"[bold]kvtui[/] {kind}{e.profile_name}: {e.model_name} "
                                    f"({e.model_arch}, {e.model_size_mib:.0f} MiB) on llama-server {e.server_version}")
                 self.console.print(f"mode: {e.mode} ({e.mode_reason}); schedule: {e.schedule}")
+                for k, side in enumerate(e.sides):
+                    if side.placement:
+                        self.say(k, f"on {escape(side.placement)}", "dim")
                 for w in e.warnings:
                     self.console.print(f"[yellow]warning: {escape(w)}[/]", soft_wrap=True)
                 if self.use_live:

@@ -178,3 +178,14 @@ def test_progress_line_and_state() -> None:
     assert s.progress_line == e.line() and s.placement == "GPU 1"
     state.apply(TokenReceived(6.0, 0, 0, 1, " a"))
     assert s.progress is None and s.progress_line == ""
+
+
+def test_doctor_proposes_one_side_per_gpu_with_the_most_free() -> None:
+    from kvtui.doctor import propose_placement
+
+    gpus = [GpuDevice(0, "H200", 143_771.0, 100_000.0, 43_771.0, "570"),
+            GpuDevice(1, "H200", 143_771.0, 1_000.0, 142_771.0, "570"),
+            GpuDevice(2, "H200", 143_771.0, 2_000.0, 141_771.0, "570")]
+    (line,) = propose_placement(gpus)
+    assert 'gpus = "1" under the first [[sides]] and gpus = "2" under the second' in line
+    assert propose_placement(gpus[:1]) == []
