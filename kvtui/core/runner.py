@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,6 +51,7 @@ from .vocab import Schedule
 
 Sink = Callable[[Event], None]
 WARMUP_TOKENS = 8
+WARMUP_CHARS = 8000  # the warm-up sends at most this much of the prompt (a couple of thousand tokens)
 MEMORY_INTERVAL_S = 0.5
 PROGRESS_TICK_S = 1.0  # elapsed-time reports while a prompt is processed, where the build sends no progress
 
@@ -202,7 +204,10 @@ class Runner:
     async def _warmup(self, i: int) -> bool:
         self._set(i, "warming")
         srv = self.servers[i]
-        path, body = client.build_request(self.plan.profile.prompt, self.plan.profile.sampling,
+        prompt = self.plan.profile.prompt
+        if len(prompt.text) > WARMUP_CHARS:  # a long-context prompt: warming up on all of it would double the wait
+            prompt = replace(prompt, text=prompt.text[:WARMUP_CHARS])
+        path, body = client.build_request(prompt, self.plan.profile.sampling,
                                           n_predict=WARMUP_TOKENS, cache_prompt=False)
         t = self.clock()
         try:
