@@ -251,9 +251,10 @@ class Runner:
             return self.servers[i].failure()
         if isinstance(exc, KvtuiError):
             return exc
+        log = self.servers[i].log_path
+        where = f"read {log}" if log is not None else f"check the server at {self.servers[i].base_url}"
         return KvtuiError(f"request failed: {exc.__class__.__name__}: {exc}".rstrip(": "),
-                          f"rerun the side (r in the app); if it fails again, read {self.servers[i].log_path}",
-                          exit_code=1)
+                          f"rerun the side (r in the app); if it fails again, {where}", exit_code=1)
 
     def _fail(self, i: int, exc: KvtuiError, status: str) -> None:
         self._set(i, status)

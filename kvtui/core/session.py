@@ -271,6 +271,9 @@ def profile_from_record(path: str | Path) -> tuple[Any, str | None]:
         raise RecordError(f"{path}: the record holds no profile",
                           "it was written by an older kvtui; run the profile itself")
     raw = {k: v for k, v in raw.items() if k != "description" or isinstance(v, str)}
+    if isinstance(raw.get("sides"), list):  # an attached side's key was masked: the server will ask for it
+        raw["sides"] = [{k: v for k, v in s.items() if not (k == "api_key" and v == "***")} if isinstance(s, dict)
+                        else s for s in raw["sides"]]
     try:
         profile = parse_profile(raw, source=f"{path} [profile]")
     except ProfileError as exc:
