@@ -189,3 +189,27 @@ def test_doctor_proposes_one_side_per_gpu_with_the_most_free() -> None:
     (line,) = propose_placement(gpus)
     assert 'gpus = "1" under the first [[sides]] and gpus = "2" under the second' in line
     assert propose_placement(gpus[:1]) == []
+
+
+# -- long contexts ------------------------------------------------------------------------------------
+
+
+def test_a_long_prompt_is_recorded_once_and_formatted_once(tmp_path: Path) -> None:
+    """The record holds the prompt text once (in [profile]); autosaves do not format it again."""
+    from kvtui.core.profiles import load_profile
+    from kvtui.core.record import Run, SessionRecord, _profile_toml, read_record, write_record
+    from kvtui.core.record import Side as RecSide
+
+    p = load_profile(Path(__file__).resolve().parents[2] / "profiles" / "long-context.toml")
+    text = p.prompt.text
+    assert len(text) > 70_000
+    rec = SessionRecord(profile=p.to_dict(), sides=[RecSide("q8_0", "q8_0", "q8_0", runs=[
+        Run(run=0, stop="length", prompt=p.prompt.name, text=" 1337")])])
+    _profile_toml.cache_clear()
+    for _ in range(3):
+        write_record(tmp_path / "r.toml", rec)
+    assert _profile_toml.cache_info().misses == 1 and _profile_toml.cache_info().hits == 2
+    raw = (tmp_path / "r.toml").read_text()
+    assert raw.count("Locker 1337: ") == 1  # the prompt once, nowhere else
+    back = read_record(tmp_path / "r.toml")
+    assert back.profile["prompts"][0]["text"] == text and back.sides[0].runs[0].prompt == "lockers"
