@@ -171,3 +171,18 @@ def test_prompt_progress_from_the_real_server(running):
     assert seen[-1].processed == total
     assert all(p.total == total for p in seen)
     assert seen[-1].tokens_per_second and seen[-1].tokens_per_second > 0
+
+
+def test_a_sides_device_reaches_llama_server(tmp_path, capsys, no_leftover_servers):
+    """device = "Vulkan1" is passed as --device: this machine has no Vulkan device, so the real server says so."""
+    path = tmp_path / "dev.toml"
+    path.write_text(profile(tmp_path, "http://127.0.0.1:1").read_text()
+                    .replace('url = "http://127.0.0.1:1"', 'device = "Vulkan1"'))
+    record = tmp_path / "rec.toml"
+    rc = main(["run", str(path), "--headless", "--record", str(record)])
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert "llama-server has no device Vulkan1" in out and "llama-server --list-devices" in out
+    side = read_record(record).sides[1]
+    assert side.argv[side.argv.index("--device") + 1] == "Vulkan1" and side.placement == "Vulkan1"
+    assert side.status == "crashed"
