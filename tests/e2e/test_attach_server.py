@@ -186,3 +186,20 @@ def test_a_sides_device_reaches_llama_server(tmp_path, capsys, no_leftover_serve
     side = read_record(record).sides[1]
     assert side.argv[side.argv.index("--device") + 1] == "Vulkan1" and side.placement == "Vulkan1"
     assert side.status == "crashed"
+
+
+def test_every_side_attached_takes_the_model_the_servers_serve(running, tmp_path, capsys, no_leftover_servers):
+    """No model in the profile: it is the file /props names. Both sides on the one server (it queues them)."""
+    text = profile(tmp_path, running.url, model="", n_predict=8).read_text()
+    text = text.replace('name = "q8_0 started"', f'name = "first"\nurl = "{running.url}"')
+    path = tmp_path / "both.toml"
+    path.write_text(text)
+    record = tmp_path / "rec.toml"
+    rc = main(["run", str(path), "--headless", "--record", str(record)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rec = read_record(record)
+    assert all(s.url == running.url and s.cache_types == "declared" and s.pid == running.proc.pid for s in rec.sides)
+    assert Path(rec.model.path).name == Path(rec.sides[0].served_model).name
+    assert [len(s.runs) for s in rec.sides] == [1, 1]
+    assert running.healthy()
