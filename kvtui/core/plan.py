@@ -197,10 +197,10 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
     per_device: tuple[DeviceFit, ...] = ()
     if on_gpu and started and all(s.gpu is not None for s in started):
         per_device = device_fits(info, profile.n_gpu_layers, started, probe, vram_budget_mib)
-        needs = [d.need_mib for d in per_device]
-        need = None if any(n is None for n in needs) else max(needs)  # type: ignore[type-var]
-        worst = min(per_device, key=lambda d: (d.fits is not False, d.gpu))
-        budget, source = worst.free_mib, f"free VRAM on GPU {worst.gpu} ({worst.name})"
+        # the figures said are the tightest GPU's: the first that does not fit, else the one with least to spare
+        worst = min(per_device, key=lambda d: (d.fits is not False, (d.free_mib or 0.0) - (d.need_mib or 0.0)))
+        need, budget = worst.need_mib, worst.free_mib
+        source = f"free VRAM on GPU {worst.gpu} ({worst.name})"
     fits = None if need is None or budget is None else need <= budget * HEADROOM
     if per_device:
         verdicts = [d.fits for d in per_device]
