@@ -18,7 +18,7 @@ from .gpu import probe_devices
 from .locate import ServerBinary, help_flags, server_version
 from .modelinfo import ModelInfo, read_model_info
 from .profiles import Profile, Side
-from .server import server_args, side_env
+from .server import _own_addresses, server_args, side_env
 from .vocab import Schedule
 
 COMPUTE_ALLOWANCE_MIB = 512.0  # compute + output buffers per server (grows with ctx and ubatch)
@@ -106,8 +106,8 @@ def separate(sides: tuple[SidePlan, ...]) -> bool:
     for s in sides:
         if s.url:
             host = urlsplit(s.url).hostname or ""
-            if host in ("127.0.0.1", "localhost", "::1"):
-                return False  # a local server's GPU is not known
+            if host in ("127.0.0.1", "localhost", "::1") or host in _own_addresses():
+                return False  # a server on this machine: which GPU it uses is not known
             keys.append("host:" + host)
         elif s.gpu is not None:
             keys.append(f"gpu:{s.gpu}")

@@ -383,6 +383,16 @@ class Props:
                      slots if isinstance(slots, int) else None)
 
 
+def _own_addresses() -> set[str]:
+    """This machine's IP addresses (a URL with one of them is a local server, though not on loopback)."""
+    import psutil
+
+    try:
+        return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    except OSError:
+        return set()
+
+
 def local_pid(url: str) -> int | None:
     """The process listening on ``url``'s port, when the URL is this machine's loopback and we may see it."""
     from urllib.parse import urlsplit
@@ -391,8 +401,8 @@ def local_pid(url: str) -> int | None:
 
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        return None
+    if host not in ("127.0.0.1", "localhost", "::1") and host not in _own_addresses():
+        return None  # another machine: its memory cannot be sampled from here
     try:
         conns = psutil.net_connections(kind="tcp")
     except (psutil.AccessDenied, OSError):

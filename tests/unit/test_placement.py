@@ -213,3 +213,24 @@ def test_a_long_prompt_is_recorded_once_and_formatted_once(tmp_path: Path) -> No
     assert raw.count("Locker 1337: ") == 1  # the prompt once, nowhere else
     back = read_record(tmp_path / "r.toml")
     assert back.profile["prompts"][0]["text"] == text and back.sides[0].runs[0].prompt == "lockers"
+
+
+def test_memory_of_a_server_on_another_machine_is_remote() -> None:
+    from kvtui.core.events import ServerReady, ServerStarting
+    from kvtui.core.server import local_pid
+    from kvtui.core.session import SessionRecorder
+
+    assert local_pid("http://192.0.2.7:8080") is None  # TEST-NET: never this machine
+    from kvtui.core.record import Host
+
+    rec = SessionRecorder(None, {}, Host())
+    rec.handle(SessionStarted(0.0, "p", "parallel", "", Schedule.SEPARATE,
+                              (SideInfo("a", "q8_0", "q8_0", ()),
+                               SideInfo("b", "q4_0", "q4_0", (), placement="http://192.0.2.7:8080", attached=True)),
+                              "", "", 0.0, "", "", "", ""))
+    rec.handle(ServerStarting(0.1, 1, 8080, (), "", attached="http://192.0.2.7:8080"))
+    rec.handle(ServerReady(0.2, 1, 0, 0.1, 4096, "b1", None, None, attached=True, model_path="/m/x.gguf"))
+    side = rec.record.sides[1]
+    assert (side.url, side.cache_types, side.memory_source, side.pid, side.served_model, side.log) == (
+        "http://192.0.2.7:8080", "declared", "remote", None, "/m/x.gguf", None)
+    assert rec.record.sides[0].cache_types == "set"
