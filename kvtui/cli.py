@@ -50,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-record", action="store_true", help="do not write a session record")
     run.add_argument("--headless", action="store_true", help="no app: print progress and a result table")
     run.add_argument("--force", action="store_true",
-                     help="run in parallel even where the memory plan says it will not fit")
+                     help="run in parallel even where the memory plan says it will not fit, and attach to "
+                          "servers that serve different models or contexts")
     run.add_argument("--allow-remote", action="store_true",
-                     help="accept extra_args that make a server listen beyond 127.0.0.1 (--host 0.0.0.0)")
+                     help="accept extra_args that make a server listen beyond 127.0.0.1 (--host 0.0.0.0), "
+                          "and sides attached (url) to servers on other machines")
 
     rep = sub.add_parser("replay", help="watch a saved session again, with its recorded timing",
                          description="Replay a session record in the app (or --headless).")
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                                server_bin=server_bin, mode=getattr(args, "mode", None),
                                vram_budget_mib=getattr(args, "vram_budget", None),
                                record=getattr(args, "record", None), no_record=getattr(args, "no_record", False),
-                               allow_remote=getattr(args, "allow_remote", False))
+                               allow_remote=getattr(args, "allow_remote", False),
+                               force=getattr(args, "force", False))
             force = getattr(args, "force", False)
             if headless:
                 from .core.plan import overcommit

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from .core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
 from .core.fairness import CUDA_FIX
-from .core.gpu import gpu_summary
+from .core.gpu import GpuDevice, gpu_summary
 from .core.locate import ServerBinary, bundled_wheel_runs_here, cpu_flags, find_model, find_server, server_version
 from .core.modelinfo import read_model_info
 from .core.probe import PROBE_CTX, PROBE_PAIRS, on_fast_path, probe_pairs
@@ -33,6 +33,7 @@ def doctor(model: str | None = None, server_bin: str | None = None, console: Con
         if exc.hint:
             out.print(f"    fix: {exc.hint}")
 
+    binary = None
     try:
         binary = find_server(server_bin, "")
         version = server_version(binary)
@@ -68,7 +69,18 @@ def doctor(model: str | None = None, server_bin: str | None = None, console: Con
     if isinstance(gpus, str):
         out.print(f"[yellow]-[/] {gpus}: memory meters show process RAM")
     for d in gpus if isinstance(gpus, list) else []:
-        out.print(f"[green]✓[/] GPU {d.index}: {d.name}, {d.total_mib:,.0f} MiB total, {d.free_mib:,.0f} MiB free")
+        total = f"{d.total_mib:,.0f}" if d.total_mib is not None else "?"
+        free = f"{d.free_mib:,.0f}" if d.free_mib is not None else "?"
+        out.print(f"[green]✓[/] GPU {d.index}: {d.name}, {total} MiB total, {free} MiB free")
+    if binary is not None:
+        devices = list_devices(binary)
+        if devices:
+            out.print("    llama-server's devices (names for a side's device = ...):")
+            for line in devices:
+                out.print(f"      {line}")
+    if isinstance(gpus, list):
+        for line in propose_placement(gpus):
+            out.print(line)
     avx = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "baseline"
     out.print(f"    CPU: {os.cpu_count()} cores, {avx}")
     if ok and (probe if probe is not None else server_bin is not None):
@@ -104,3 +116,27 @@ def probe_report(binary: ServerBinary, model: Path, out: Console) -> None:
                   + (' (attn_rotation = "off" on a side sets LLAMA_ATTN_ROT_DISABLE=1 for its server)' if on else ""))
     if any(d.startswith("CUDA") for d in devices) and any(on_fast_path(r, base)[0] is False for r in results):
         out.print(f"    the pairs marked ✗ need a CUDA build with {CUDA_FIX.removeprefix('build with ')}")
+
+
+def list_devices(binary: object, timeout_s: float = 30.0) -> list[str]:
+    """``llama-server --list-devices``, one line per device (empty where it fails or lists none)."""
+    import subprocess
+
+    try:
+        done = subprocess.run([str(binary.path), "--list-devices"], capture_output=True, text=True,  # type: ignore[attr-defined]
+                              timeout=timeout_s, env=binary.launch_env(), check=False)  # type: ignore[attr-defined]
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    lines = [ln.strip() for ln in done.stdout.splitlines()[1:] if ln.strip()]
+    return [ln for ln in lines if ln != "(none)"]
+
+
+def propose_placement(gpus: list[GpuDevice]) -> list[str]:
+    """With two GPUs or more: one side on each of the two with the most free memory (they then run separate)."""
+    known = sorted((d for d in gpus if d.free_mib is not None), key=lambda d: -(d.free_mib or 0.0))
+    if len(known) < 2:
+        return []
+    a, b = sorted(known[:2], key=lambda d: d.index)
+    return [f"    placement: one side per GPU, so both run at once without contention: in the profile, "
+            f'gpus = "{a.index}" under the first [[sides]] and gpus = "{b.index}" under the second '
+            f'(or device = "CUDA{a.index}" / "CUDA{b.index}"; a Vulkan build: the Vulkan names above)']

@@ -15,6 +15,7 @@ from .core.events import (
     Event,
     LoopDetected,
     PatternDetected,
+    PromptProgress,
     RunFinished,
     ServerExited,
     ServerReady,
@@ -27,6 +28,9 @@ from .core.events import (
 from .core.record import SessionRecord
 from .core.state import SessionState
 from .core.summary import SideSummary, clean_finish, comparisons, summarize, unfair_pair, verdicts
+
+PROGRESS_PRINT_S = 5.0  # at most one progress line per side this often
+PROGRESS_AFTER_S = 1.0  # a prompt done sooner prints no progress
 
 
 class HeadlessConsole:
@@ -44,6 +48,7 @@ class HeadlessConsole:
         self._live: Live | None = None
         self._last_refresh = 0.0
         self._patterns_said: set[tuple[int, int]] = set()
+        self._last_progress: dict[tuple[int, int], float] = {}  # (side, run) -> time of its last progress line
 
     def __call__(self, event: Event) -> None:
         self.handle(event)
@@ -63,6 +68,9 @@ class HeadlessConsole:
                 self.console.print(f"[bold]kvtui[/] {kind}{e.profile_name}: {e.model_name} "
                                    f"({e.model_arch}, {e.model_size_mib:.0f} MiB) on llama-server {e.server_version}")
                 self.console.print(f"mode: {e.mode} ({e.mode_reason}); schedule: {e.schedule}")
+                for k, side in enumerate(e.sides):
+                    if side.placement:
+                        self.say(k, f"on {escape(side.placement)}", "dim")
                 for w in e.warnings:
                     self.console.print(f"[yellow]warning: {escape(w)}[/]", soft_wrap=True)
                 if self.use_live:
@@ -71,15 +79,32 @@ class HeadlessConsole:
             case SideWaiting():
                 self.say(e.side, f"waits ({e.reason})", "dim")
             case ServerStarting():
-                self.say(e.side, f"starting llama-server on port {e.port} (log: {e.log_path})", "dim")
+                if e.attached:
+                    self.say(e.side, f"attaching to the llama-server at {escape(e.attached)}", "dim")
+                else:
+                    env = "".join(f"{k}={v} " for k, v in e.env)
+                    self.say(e.side, f"starting {env}llama-server on port {e.port} (log: {e.log_path})", "dim")
             case ServerReady():
                 kv = f", KV cache {e.kv_cache_mib:.2f} MiB" if e.kv_cache_mib is not None else ""
                 fa = f", flash attention {e.flash_attn}" if e.flash_attn else ""
-                self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
+                if e.attached:
+                    mem = f"pid {e.pid}" if e.pid else "memory: remote"
+                    self.say(e.side, f"attached (n_ctx {e.n_ctx}, build {e.build}, {mem}; cache types as declared)")
+                else:
+                    self.say(e.side, f"ready in {e.load_s:.1f} s (n_ctx {e.n_ctx}{kv}{fa})")
                 if e.ran_with is not None:
                     self.say(e.side, f"ran with: {escape(e.ran_with.badge())}", "dim")
                 for w in e.warnings:
                     self.say(e.side, f"warning: {w}", "yellow")
+            case PromptProgress():
+                # only a prompt that takes a while; then a line every PROGRESS_PRINT_S, and its last report
+                key = (e.side, e.run)
+                last = self._last_progress.get(key)
+                done = e.total is not None and e.processed == e.total
+                if e.elapsed_s >= PROGRESS_AFTER_S and (last is None or e.t - last >= PROGRESS_PRINT_S
+                                                         or (done and e.t > last)):
+                    self._last_progress[key] = e.t
+                    self.say(e.side, e.line(), "dim")
             case WarmupDone():
                 self.say(e.side, f"warmed up ({e.ms:.0f} ms)", "dim")
             case PatternDetected():

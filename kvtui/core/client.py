@@ -33,6 +33,40 @@ class Piece:
     top: tuple[tuple[int, float], ...] | None = None  # (token id, logprob) of the top-N, when asked for
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far the server is through the prompt (``prompt_progress`` of a ``return_progress`` request).
+
+    ``cache`` tokens came from the prompt cache; ``processed`` counts them too.
+    ``time_ms`` is the server's time spent on the prompt so far.
+    """
+
+    total: int
+    cache: int
+    processed: int
+    time_ms: float
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        done = self.processed - self.cache
+        return done / (self.time_ms / 1000) if self.time_ms > 0 and done > 0 else None
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.tokens_per_second
+        return (self.total - self.processed) / rate if rate else None
+
+    @staticmethod
+    def parse(raw: Any) -> Progress | None:
+        if not isinstance(raw, dict):
+            return None
+        vals = [raw.get(k) for k in ("total", "cache", "processed", "time_ms")]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            return None
+        total, cache, processed, time_ms = vals
+        return Progress(int(total), int(cache), int(processed), float(time_ms))  # type: ignore[arg-type]
+
+
 @dataclass(slots=True)
 class StreamResult:
     """How a request ended, with the server's own timings when it sent them."""
@@ -95,7 +129,8 @@ def build_request(prompt: Prompt, sampling: Sampling, *, n_predict: int | None =
         if probs:
             body.update(logprobs=True, top_logprobs=probs)
         return "/v1/chat/completions", body
-    body = {**common, "prompt": prompt.text, "n_predict": limit}
+    # return_progress: chunks with prompt_progress while a long prompt is processed (b10434 sends them)
+    body = {**common, "prompt": prompt.text, "n_predict": limit, "return_progress": True}
     if probs:
         body["n_probs"] = probs
     return "/completion", body
@@ -126,6 +161,7 @@ class StreamParser:
         self.result = StreamResult()
         self.n = 0
         self.finished = False
+        self.progress: Progress | None = None  # the latest prompt_progress, until taken
 
     def take(self, payload: Any, t: float) -> Piece | None:
         """Handle one payload; return a Piece when it carries generated text or a token."""
@@ -155,8 +191,10 @@ class StreamParser:
             if isinstance(n, int):
                 self.n = n
             return Piece(t, self.n, text, None) if text else None
-        if n == 0 and "prompt_progress" in p:
-            return None  # progress report, not a token
+        if "prompt_progress" in p:
+            self.progress = Progress.parse(p["prompt_progress"])
+            if n == 0 or (n is None and not p.get("content")):
+                return None  # a progress report, not a token (its tokens:[0] is bogus)
         if not isinstance(n, int):
             n = self.n + 1
         self.n = n
@@ -197,10 +235,12 @@ async def stream(
     stall_timeout_s: float = 120.0,
     clock: Clock = time.monotonic,
     result: StreamResult | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> AsyncIterator[Piece]:
     """POST a streaming request and yield pieces as they arrive.
 
-    The caller's ``result`` is filled in as the stream ends. Leaving the loop
+    The caller's ``result`` is filled in as the stream ends; ``on_progress``
+    gets each prompt-progress report. Leaving the loop
     early (``break``, cancellation) closes the connection, which makes the
     server stop generating.
 
@@ -235,6 +275,10 @@ async def stream(
             if payload is None:
                 continue
             piece = parser.take(payload, clock())
+            if parser.progress is not None:
+                if on_progress is not None:
+                    on_progress(parser.progress)
+                parser.progress = None
             if piece is not None:
                 yield piece
             if parser.finished and payload is DONE:

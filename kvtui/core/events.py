@@ -46,6 +46,8 @@ class SideInfo:
     cache_type_v: str
     argv: tuple[str, ...]
     kv_estimate_mib: float | None = None
+    placement: str = ""  # device, "GPU n" or the attached URL; "" where the profile does not say
+    attached: bool = False  # cache types as declared: an attached server does not report them
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,8 @@ class ServerStarting:
     port: int
     argv: tuple[str, ...]
     log_path: str
+    attached: str = ""  # the URL of a server that was already running (nothing is started; argv is empty)
+    env: tuple[tuple[str, str], ...] = ()  # environment given to this server on top of kvtui's (CUDA_VISIBLE_DEVICES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,8 @@ class ServerReady:
     flash_attn: str | None  # "enabled" | "disabled" | "auto" as the log says
     warnings: tuple[str, ...] = ()
     ran_with: RanWith | None = None  # build, KV buffers per device, rotation, graph splits, CPU lines (its -lv 4 log)
+    attached: bool = False  # a server kvtui did not start: pid 0 when its process is not on this machine
+    model_path: str | None = None  # what an attached server's /props says it serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,41 @@ class PatternDetected:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptProgress:
+    """A measured request's prompt is being processed.
+
+    From the server's ``prompt_progress`` (``return_progress``) where the build
+    sends it; else (chat, older builds) only ``elapsed_s``, with the token
+    figures None. The record does not keep these: they show the wait.
+    """
+
+    t: float
+    side: int
+    run: int
+    elapsed_s: float  # since the request was sent, kvtui's clock
+    total: int | None = None  # prompt tokens
+    processed: int | None = None  # done so far, the cached ones included
+    cache: int | None = None  # taken from the prompt cache
+    tokens_per_second: float | None = None  # the server's: (processed - cache) / its time so far
+    eta_s: float | None = None  # the rest at that rate
+
+    @property
+    def fraction(self) -> float | None:
+        return self.processed / self.total if self.total and self.processed is not None else None
+
+    def line(self) -> str:
+        """``prompt 12,288/24,576 (50%) 1,843 t/s ~7 s left`` or ``prompt processing… 12 s``."""
+        if self.total is None or self.processed is None:
+            return f"prompt processing… {self.elapsed_s:.0f} s"
+        out = f"prompt {self.processed:,}/{self.total:,} ({self.processed / self.total:.0%})" if self.total else ""
+        if self.tokens_per_second:
+            out += f" {self.tokens_per_second:,.0f} t/s"
+        if self.eta_s is not None:
+            out += f" ~{self.eta_s:.0f} s left"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class LoopDetected:
     t: float
     side: int
@@ -208,6 +249,7 @@ Event = (
     | RequestSent
     | TokenReceived
     | MemorySampled
+    | PromptProgress
     | LoopDetected
     | PatternDetected
     | RunFinished

@@ -45,6 +45,13 @@ class ProcessMemory:
     pid: int
     used_mib: float | None
     devices: tuple[int, ...] = ()
+    device_mib: tuple[float | None, ...] = ()  # on each of ``devices``, in the same order
+
+    @property
+    def main_device(self) -> int | None:
+        """The device it holds the most memory on (a server on GPU 1 also holds a little on GPU 0)."""
+        known = [(m, d) for d, m in zip(self.devices, self.device_mib, strict=False) if m is not None]
+        return max(known)[1] if known else (self.devices[0] if self.devices else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,16 @@ class MemorySample:
     device_used_mib: float | None = None
     device_name: str | None = None
     processes: tuple[ProcessMemory, ...] = field(default=())
+    devices: tuple[tuple[int, str, float | None, float | None], ...] = ()  # (index, name, total, used) each GPU
+
+    def device_of(self, pid: int) -> tuple[str, float | None, float | None] | None:
+        """(name, total, used) of the GPU this process is mainly on, or None where it is on none."""
+        proc = next((p for p in self.processes if p.pid == pid), None)
+        main = proc.main_device if proc is not None else None
+        for index, name, total, used in self.devices:
+            if index == main:
+                return name, total, used
+        return None
 
 
 class MemoryProbe(Protocol):
@@ -187,7 +204,9 @@ class NvmlProbe:
             if on_device:
                 values = list(on_device.values())
                 used_mib = None if any(v is None for v in values) else sum(v for v in values if v) / MIB
-                processes.append(ProcessMemory(pid, used_mib, tuple(sorted(on_device))))
+                order = sorted(on_device)
+                processes.append(ProcessMemory(pid, used_mib, tuple(order),
+                                               tuple(_mib(on_device[d]) for d in order)))
             else:
                 # not listed: no GPU memory, unless a list failed or NVML shows PIDs we cannot see
                 # (another PID namespace, as in containers), when it can't be told
@@ -200,7 +219,10 @@ class NvmlProbe:
         if all(m is not None for m in mems):
             total = sum(_mib(m.total) or 0.0 for m in mems)
             used = sum(_mib(m.used) or 0.0 for m in mems)
-        return MemorySample("nvml", per_pid, total, used, _label([self._names[d] for d in on]), tuple(processes))
+        per_device = tuple((d, self._names[d], _mib(m.total) if m is not None else None,
+                            _mib(m.used) if m is not None else None) for d, m in enumerate(device_mem))
+        return MemorySample("nvml", per_pid, total, used, _label([self._names[d] for d in on]), tuple(processes),
+                            per_device)
 
     def close(self) -> None:
         """Shut NVML down; a later call starts it again."""

@@ -9,6 +9,7 @@ with headroom.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from . import kvsize
 from .gpu import probe_devices
 from .locate import ServerBinary, help_flags, server_version
 from .modelinfo import ModelInfo, read_model_info
-from .profiles import Profile
-from .server import server_args, side_env
+from .profiles import Profile, Side
+from .server import _own_addresses, server_args, side_env
 from .vocab import Schedule
 
 COMPUTE_ALLOWANCE_MIB = 512.0  # compute + output buffers per server (grows with ctx and ubatch)
@@ -33,7 +34,15 @@ class SidePlan:
     cache_type_v: str
     args: tuple[str, ...]
     kv_estimate_mib: float | None
-    env: tuple[tuple[str, str], ...] = ()  # set in this side's server environment only (attn_rotation = "off")
+    url: str = ""  # attached: the running server's URL (args are then empty)
+    api_key: str = ""
+    env: tuple[tuple[str, str], ...] = ()  # for its server only: CUDA_VISIBLE_DEVICES, LLAMA_ATTN_ROT_DISABLE=1
+    gpu: int | None = None  # the GPU index it is placed on, when the profile says (device or gpus)
+    placement: str = ""  # as the profile says it: "CUDA1", "GPU 1", a URL, or ""
+
+    @property
+    def attached(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,58 @@ class Plan:
     budget_source: str = ""
     fits: bool | None = None
     warnings: tuple[str, ...] = ()  # said at the start of the run, kept in the record
+    per_device: tuple[DeviceFit, ...] = ()  # with sides on their own GPUs: each GPU's need against its free VRAM
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFit:
+    """One GPU's share of the plan: the sides placed on it, what they need and what it has free."""
+
+    gpu: int
+    name: str
+    sides: tuple[str, ...]
+    need_mib: float | None
+    free_mib: float | None
+
+    @property
+    def fits(self) -> bool | None:
+        if self.need_mib is None or self.free_mib is None:
+            return None
+        return self.need_mib <= self.free_mib * HEADROOM
+
+
+def gpu_index(side: Side) -> int | None:
+    """The GPU a side is placed on: ``gpus = "1"`` or ``device = "CUDA1"``/``"Vulkan1"`` give 1; None = unplaced.
+
+    With ``gpus`` of several GPUs (``"0,1"``) the side spans them: None. The
+    Vulkan numbering usually follows the PCI order as NVML's does; check with
+    ``kvtui doctor`` (it lists both) where it matters.
+    """
+    if side.url:
+        return None
+    if side.gpus:
+        parts = side.gpus.split(",")
+        return int(parts[0]) if len(parts) == 1 and parts[0].isdigit() else None
+    m = re.fullmatch(r"[A-Za-z]+(\d+)", side.device)
+    return int(m.group(1)) if m else None
+
+
+def separate(sides: tuple[SidePlan, ...]) -> bool:
+    """Every side runs on hardware of its own: each on a different GPU, or attached on different machines."""
+    from urllib.parse import urlsplit
+
+    keys = []
+    for s in sides:
+        if s.url:
+            host = urlsplit(s.url).hostname or ""
+            if host in ("127.0.0.1", "localhost", "::1") or host in _own_addresses():
+                return False  # a server on this machine: which GPU it uses is not known
+            keys.append("host:" + host)
+        elif s.gpu is not None:
+            keys.append(f"gpu:{s.gpu}")
+        else:
+            return False
+    return len(set(keys)) == len(keys)
 
 
 def plan_warnings(profile: Profile, model: ModelInfo) -> tuple[str, ...]:
@@ -118,18 +179,32 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
     info = read_model_info(model_path)
     known = help_flags(binary)
     sides = tuple(
-        SidePlan(s.name, s.cache_type_k, s.cache_type_v, tuple(server_args(profile, s, model_path, known)),
-                 kv_estimate(model_path, profile, s.cache_type_k, s.cache_type_v), side_env(s))
+        SidePlan(s.name, s.cache_type_k, s.cache_type_v,
+                 () if s.url else tuple(server_args(profile, s, model_path, known)),
+                 kv_estimate(model_path, profile, s.cache_type_k, s.cache_type_v),
+                 url=s.url, api_key=s.api_key, env=side_env(s), gpu=gpu_index(s),
+                 placement=s.placement)
         for s in profile.sides
     )
     # -ngl 0 keeps weights and KV in RAM, so the budget is RAM even where a GPU is present
     budget, source, on_gpu = memory_budget(vram_budget_mib, probe if profile.n_gpu_layers != 0 else None)
     on_gpu = on_gpu and profile.n_gpu_layers != 0
-    kvs = [s.kv_estimate_mib for s in sides]
+    started = [s for s in sides if not s.attached]  # an attached server already holds its memory
+    kvs = [s.kv_estimate_mib for s in started]
     need = None
     if all(k is not None for k in kvs):
-        need = memory_need(info, profile.n_gpu_layers, kvs, on_gpu)  # type: ignore[arg-type]
+        need = memory_need(info, profile.n_gpu_layers, kvs, on_gpu) if started else 0.0  # type: ignore[arg-type]
+    per_device: tuple[DeviceFit, ...] = ()
+    if on_gpu and started and all(s.gpu is not None for s in started):
+        per_device = device_fits(info, profile.n_gpu_layers, started, probe, vram_budget_mib)
+        # the figures said are the tightest GPU's: the first that does not fit, else the one with least to spare
+        worst = min(per_device, key=lambda d: (d.fits is not False, (d.free_mib or 0.0) - (d.need_mib or 0.0)))
+        need, budget = worst.need_mib, worst.free_mib
+        source = f"free VRAM on GPU {worst.gpu} ({worst.name})"
     fits = None if need is None or budget is None else need <= budget * HEADROOM
+    if per_device:
+        verdicts = [d.fits for d in per_device]
+        fits = False if False in verdicts else None if None in verdicts else True
 
     chosen = mode or profile.run.mode
     if chosen == "parallel":
@@ -147,13 +222,33 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
         reason = (f"both fit: ~{need:,.0f} of {budget:,.0f} MiB {source}" if fits
                   else f"memory need unknown (no KV estimate for {', '.join(unknown)}): assuming both fit")
 
+    if per_device and chosen == "parallel" and fits:
+        reason = "each side on its own GPU: " + ", ".join(
+            f"GPU {d.gpu} ~{d.need_mib:,.0f} of {d.free_mib:,.0f} MiB free" for d in per_device)
     schedule = profile.run.schedule
     if chosen == "sequential":
         schedule = Schedule.SOLO
+    elif separate(sides) and schedule in ("auto", Schedule.SIMULTANEOUS):
+        schedule = Schedule.SEPARATE  # at once, but each on hardware of its own: not contended
     elif schedule == "auto":
         schedule = Schedule.ALTERNATE if profile.run.repeats > 1 else Schedule.SIMULTANEOUS
     return Plan(profile, info, binary, server_version(binary), sides, chosen, reason, schedule,
-                need, budget, source, fits, plan_warnings(profile, info))
+                need, budget, source, fits, plan_warnings(profile, info), per_device)
+
+
+def device_fits(info: ModelInfo, n_gpu_layers: int, sides: list[SidePlan], probe: object | None,
+                vram_budget_mib: float | None) -> tuple[DeviceFit, ...]:
+    """Each GPU's need (the sides placed on it) against its own free VRAM (``--vram-budget``: that much each)."""
+    devices = {d.index: d for d in probe_devices(probe)}  # type: ignore[arg-type]
+    out = []
+    for gpu in sorted({s.gpu for s in sides if s.gpu is not None}):
+        on = [s for s in sides if s.gpu == gpu]
+        kvs = [s.kv_estimate_mib for s in on]
+        need = None if any(k is None for k in kvs) else memory_need(info, n_gpu_layers, kvs, True)  # type: ignore[arg-type]
+        dev = devices.get(gpu)
+        free = vram_budget_mib if vram_budget_mib is not None else dev.free_mib if dev else None
+        out.append(DeviceFit(gpu, dev.name if dev else "not seen by NVML", tuple(s.name for s in on), need, free))
+    return tuple(out)
 
 
 def overcommit(plan: Plan) -> str | None:

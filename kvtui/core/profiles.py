@@ -39,6 +39,22 @@ class Side:
     cache_type_v: str
     extra_args: tuple[str, ...] = ()
     attn_rotation: str = "default"  # "off": LLAMA_ATTN_ROT_DISABLE=1 for this side's server only
+    url: str = ""  # attach to a llama-server already running there instead of starting one
+    api_key: str = ""  # the attached server's API key (never recorded)
+    device: str = ""  # llama-server --device, e.g. "CUDA1" or "Vulkan1"
+    gpus: str = ""  # CUDA_VISIBLE_DEVICES for this side's server, e.g. "1"
+
+    @property
+    def attached(self) -> bool:
+        """kvtui attaches to a running server instead of starting one."""
+        return bool(self.url)
+
+    @property
+    def placement(self) -> str:
+        """Where the side's server runs, as said in the profile ("" = wherever llama-server puts it)."""
+        if self.url:
+            return self.url
+        return self.device or (f"GPU {self.gpus}" if self.gpus else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +132,7 @@ class Profile:
                 "extra_args": list(self.extra_args),
             },
             "sides": [
-                {"name": s.name, "cache_type_k": s.cache_type_k, "cache_type_v": s.cache_type_v,
-                 "extra_args": list(s.extra_args), "attn_rotation": s.attn_rotation}
+                _side_dict(s)
                 for s in self.sides
             ],
             "prompts": [_prompt_dict(p) for p in self.prompts],
@@ -128,6 +143,19 @@ class Profile:
                     "schedule": self.run.schedule, "stop_on_loop": self.run.stop_on_loop,
                     "stall_timeout_s": self.run.stall_timeout_s},
         }
+
+
+def _side_dict(s: Side) -> dict[str, Any]:
+    d: dict[str, Any] = {"name": s.name, "cache_type_k": s.cache_type_k, "cache_type_v": s.cache_type_v,
+                         "extra_args": list(s.extra_args)}
+    for key in ("url", "device", "gpus"):
+        if getattr(s, key):
+            d[key] = getattr(s, key)
+    if s.attn_rotation != "default":
+        d["attn_rotation"] = s.attn_rotation
+    if s.api_key:
+        d["api_key"] = "***"  # a secret: a record must not carry it
+    return d
 
 
 def _prompt_dict(p: Prompt) -> dict[str, Any]:
@@ -149,7 +177,8 @@ _MODEL = {"path": (str, None)}
 _SERVER = {"bin": (str, None), "ctx_size": (int, None), "n_gpu_layers": (int, None),
            "flash_attn": (str, FLASH_ATTN), "threads": (int, None), "extra_args": (list, None)}
 _SIDE = {"name": (str, None), "cache_type_k": (str, CACHE_TYPES), "cache_type_v": (str, CACHE_TYPES),
-         "extra_args": (list, None), "attn_rotation": (str, ATTN_ROTATION)}
+         "extra_args": (list, None), "attn_rotation": (str, ATTN_ROTATION), "url": (str, None),
+         "api_key": (str, None), "device": (str, None), "gpus": (str, None)}
 _PROMPT = {"text": (str, None), "file": (str, None), "endpoint": (str, ENDPOINTS), "system": (str, None),
            "name": (str, None), "expected": (str, None), "expected_regex": (str, None)}
 _SAMPLING = {"temperature": ((int, float), None), "seed": (int, None), "top_k": (int, None),
@@ -264,9 +293,21 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
             if key not in raw:
                 raise c.fail(f"{where}.{key}", "missing", f"allowed: {', '.join(CACHE_TYPES)}")
         name = raw.get("name") or f"K {raw['cache_type_k']} / V {raw['cache_type_v']}"
+        if raw.get("url"):
+            _check_url(c, raw["url"], f"{where}.url")
+            for key in ("extra_args", "device", "gpus"):
+                if raw.get(key):
+                    raise c.fail(f"{where}.{key}", "has no effect on an attached server (url is set)",
+                                 f"remove {key}, or remove url to let kvtui start this side's server")
+        if raw.get("gpus") and not all(p.strip().isdigit() or p.strip().startswith("GPU-")
+                                       for p in raw["gpus"].split(",")):
+            raise c.fail(f"{where}.gpus", f"{_show(raw['gpus'])} is not a list of GPU indices",
+                         'write gpus = "1" (or "0,1"), as CUDA_VISIBLE_DEVICES takes it')
         sides.append(Side(name, raw["cache_type_k"], raw["cache_type_v"],
                           c.strings(raw["extra_args"], f"{where}.extra_args") if "extra_args" in raw else (),
-                          raw.get("attn_rotation", "default")))
+                          raw.get("attn_rotation", "default"),
+                          url=raw.get("url", "").rstrip("/"), api_key=raw.get("api_key", ""),
+                          device=raw.get("device", ""), gpus=raw.get("gpus", "").replace(" ", "")))
     if len(sides) < 2:
         raise c.fail("sides", "a comparison needs at least two [[sides]]", "add another [[sides]] table")
     names = [s.name for s in sides]
@@ -304,6 +345,18 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
             raise c.fail("server.flash_attn", f'"off" with a quantized V cache ({s.name}: V {s.cache_type_v})',
                          'llama-server needs flash attention for a quantized V cache: set flash_attn = "on"')
     return profile
+
+
+def _check_url(c: _Checker, url: str, where: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise c.fail(where, f"{_show(url)} is not an http URL", 'write url = "http://127.0.0.1:8081"')
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise c.fail(where, f"{_show(url)} has a bad port", 'write url = "http://127.0.0.1:8081"') from None
 
 
 def _section(c: _Checker, data: dict[str, Any], key: str, schema: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
@@ -412,6 +465,11 @@ def remote_hosts(profile: Profile) -> list[tuple[str, str]]:
                 continue
             if not _is_loopback(host):
                 found.append((where, host))
+    from urllib.parse import urlsplit
+
+    for i, s in enumerate(profile.sides):
+        if s.url and not _is_loopback(urlsplit(s.url).hostname or ""):
+            found.append((f"sides[{i}].url", urlsplit(s.url).hostname or ""))
     return found
 
 
@@ -424,6 +482,10 @@ def check_remote(profile: Profile, allow_remote: bool = False) -> None:
     bad = remote_hosts(profile)
     if bad and not allow_remote:
         where, host = bad[0]
+        if where.endswith(".url"):
+            raise ProfileError(_one_line(f"{profile.source or '<profile>'}: {where}: {host} is another machine: kvtui "
+                                         "would send prompts (and the API key) over the network"),
+                               "pass --allow-remote to attach to a server on another machine")
         raise ProfileError(_one_line(f"{profile.source or '<profile>'}: {where}: --host {host or '(empty)'} would let "
                                      "other machines reach llama-server"),
                            "remove it (kvtui keeps its servers on 127.0.0.1), or pass --allow-remote to accept that")

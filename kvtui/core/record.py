@@ -13,6 +13,8 @@ read as /2, every run taking the session's schedule.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import tempfile
 import tomllib
@@ -46,7 +48,9 @@ class Run:
     stop: StopReason = key("why it ended: end of text, `n_predict` or the context, a stop string, a loop kvtui "
                            "stopped, aborted, or an error")
     schedule: Schedule | None = key("how its figures were taken: `simultaneous` (with the other sides, contended), "
-                                    "`alternate` (one request at a time) or `solo` (its server alone); a "
+                                    "`separate` (with the other sides, each on its own GPU or machine: not "
+                                    "contended), `alternate` (one request at a time) or `solo` (its server "
+                                    "alone); a "
                                     "kvtui.session/1 record's runs take the session's `schedule`", None)
     prompt: str = key("the name of the suite's prompt it answered", "")
     repeat: int = key("which repeat of that prompt, 0-based (runs of two sides pair by prompt and repeat)", 0)
@@ -109,7 +113,15 @@ class Side:
     cache_type_v: str = key("`-ctv`, the V cache type")
     status: SideStatus = key("where the side is; in a finished record `done`, `aborted`, `crashed` (its server "
                              "died) or `error` (a request failed)", SideStatus.WAITING)
-    argv: tuple[str, ...] = key("the server's command line (API key masked)", ())
+    argv: tuple[str, ...] = key("the server's command line (API key masked); empty for an attached server", ())
+    url: str | None = key("the URL of the server kvtui attached to instead of starting one (it was left running)",
+                          None)
+    cache_types: Literal["set", "declared"] | None = key(
+        "`set`: kvtui passed `-ctk`/`-ctv`; `declared`: an attached server's types as the profile says them "
+        "(llama-server does not report them)", None)
+    placement: str | None = key("where the profile put the side's server: `device` (`--device CUDA1`), "
+                                "`GPU 1` (`gpus`, as CUDA_VISIBLE_DEVICES) or the attached URL", None)
+    served_model: str | None = key("an attached server's model, as its `/props` says", None)
     kv_estimate_mib: float | None = key("kvtui's KV cache estimate from the GGUF metadata", None)
     kv_cache_mib: float | None = key("KV cache size the server printed (`llama_kv_cache: size = ...`, summed)", None)
     port: int | None = key("the server's port", None)
@@ -126,7 +138,9 @@ class Side:
     t_ready: float | None = key("server answered /health, seconds since the session started", None)
     t_warm: float | None = key("warm-up done, seconds since the session started", None)
     t_exit: float | None = key("server exited, seconds since the session started", None)
-    memory_source: Literal["nvml", "rss"] | None = key("`nvml` (VRAM of the process) or `rss` (no NVIDIA GPU)", None)
+    memory_source: Literal["nvml", "rss", "remote"] | None = key(
+        "`nvml` (VRAM of the process), `rss` (no NVIDIA GPU) or `remote` (an attached server whose process is not "
+        "on this machine: not sampled)", None)
     vram_peak_mib: float | None = key("the server process's peak VRAM (NVML)", None)
     rss_peak_mib: float | None = key("the server process's peak RSS (no GPU)", None)
     gpu_name: str | None = key("the GPU NVML reported", None)
@@ -339,12 +353,23 @@ def _int(x: Any) -> int | None:
 # -- the file ------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _profile_toml(profile_json: str) -> str:
+    """The ``[profile]`` table as TOML; cached, since an autosave every few seconds would format a long prompt
+    again each time (tomli_w: 175 ms for a 105k-token prompt on this 2-core machine, on the event loop)."""
+    return tomli_w.dumps({"profile": json.loads(profile_json)}, multiline_strings=True)
+
+
 def write_record(path: Path, record: SessionRecord) -> None:
     """Write the record atomically: temp file in the same folder, fsync, rename; mode 0600 (it holds the prompt)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = record.to_toml()
     data["schema"] = SCHEMA  # the layout written is always the current one
-    payload = tomli_w.dumps(data, multiline_strings=True).encode("utf-8")
+    profile = data.pop("profile", None)
+    text = tomli_w.dumps(data, multiline_strings=True)
+    if profile is not None:  # last, and formatted once per session: it holds the prompt, maybe 100k tokens of it
+        text += "\n" + _profile_toml(json.dumps(profile, sort_keys=False))
+    payload = text.encode("utf-8")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,6 +28,7 @@ from .events import (
     LoopDetected,
     MemorySampled,
     PatternDetected,
+    PromptProgress,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -43,14 +46,16 @@ from .loops import LoopDetector, piece_key
 from .plan import Plan
 from .profiles import Prompt
 from .record import RunAccumulator
-from .server import LlamaServer, Server
+from .server import AttachedServer, LlamaServer, Server
 from .serverlog import tail
 from .templates import TemplateDetector
 from .vocab import Schedule
 
 Sink = Callable[[Event], None]
 WARMUP_TOKENS = 8
+WARMUP_CHARS = 8000  # the warm-up sends at most this much of the prompt (a couple of thousand tokens)
 MEMORY_INTERVAL_S = 0.5
+PROGRESS_TICK_S = 1.0  # elapsed-time reports while a prompt is processed, where the build sends no progress
 
 
 class Runner:
@@ -111,7 +116,8 @@ class Runner:
                 model_size_mib=round(p.model.size_mib, 1), model_arch=p.model.arch,
                 server_bin=str(p.binary.path), server_version=p.server_version,
                 created=datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
-                sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib)
+                sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib,
+                                     s.placement, s.attached)
                             for s in p.sides),
                 warnings=p.warnings,
             ))
@@ -168,11 +174,19 @@ class Runner:
         side = self.plan.sides[i]
         starts = self._starts[i] = self._starts.get(i, 0) + 1  # a rerun's server keeps the earlier logs
         suffix = "" if starts == 1 else f".{starts}"
-        srv = LlamaServer(self.plan.binary, list(side.args), self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log",
-                          side.env)
-        self.servers[i] = srv
-        self._set(i, "starting")
-        self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path)))
+        srv: Server
+        if side.attached:
+            srv = AttachedServer(side.url, side.api_key)
+            self.servers[i] = srv
+            self._set(i, "starting")
+            self.emit(ServerStarting(self.now(), i, urlsplit(side.url).port or 0, (), "", attached=side.url))
+        else:
+            srv = LlamaServer(self.plan.binary, list(side.args),
+                              self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log", env=side.env)
+            self.servers[i] = srv
+            self._set(i, "starting")
+            self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path),
+                                     env=side.env))
         try:
             await srv.start()
             self._set(i, "loading")
@@ -181,15 +195,21 @@ class Runner:
         except ServerError as exc:
             self._fail(i, exc, "crashed" if srv.started else "error")
             return False
+        model = None
+        if isinstance(srv, AttachedServer) and srv.props is not None:
+            model = srv.props.model_path
         self.emit(ServerReady(self.now(), i, ready.pid, round(ready.load_s, 3), ready.n_ctx, ready.build,
                               ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings,
-                              ready.ran_with))
+                              ready.ran_with, attached=isinstance(srv, AttachedServer), model_path=model))
         return True
 
     async def _warmup(self, i: int) -> bool:
         self._set(i, "warming")
         srv = self.servers[i]
-        path, body = client.build_request(self.plan.profile.prompt, self.plan.profile.sampling,
+        prompt = self.plan.profile.prompt
+        if len(prompt.text) > WARMUP_CHARS:  # a long-context prompt: warming up on all of it would double the wait
+            prompt = replace(prompt, text=prompt.text[:WARMUP_CHARS])
+        path, body = client.build_request(prompt, self.plan.profile.sampling,
                                           n_predict=WARMUP_TOKENS, cache_prompt=False)
         t = self.clock()
         try:
@@ -214,7 +234,7 @@ class Runner:
             return
         was_running = srv.alive
         rc = await srv.stop()
-        if was_running:
+        if was_running and not isinstance(srv, AttachedServer):  # an attached server is left running
             self.emit(ServerExited(self.now(), i, rc, expected=True))
 
     async def _settle(self, i: int, timeout_s: float = 2.0) -> None:
@@ -233,9 +253,10 @@ class Runner:
             return self.servers[i].failure()
         if isinstance(exc, KvtuiError):
             return exc
+        log = self.servers[i].log_path
+        where = f"read {log}" if log is not None else f"check the server at {self.servers[i].base_url}"
         return KvtuiError(f"request failed: {exc.__class__.__name__}: {exc}".rstrip(": "),
-                          f"rerun the side (r in the app); if it fails again, read {self.servers[i].log_path}",
-                          exit_code=1)
+                          f"rerun the side (r in the app); if it fails again, {where}", exit_code=1)
 
     def _fail(self, i: int, exc: KvtuiError, status: str) -> None:
         self._set(i, status)
@@ -344,12 +365,39 @@ class Runner:
     async def _consume(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
                        result: client.StreamResult) -> None:
         detector = LoopDetector()
-        patterns = TemplateDetector()
         stop_on_loop = self.plan.profile.run.stop_on_loop
         assert self._http is not None
+        heard = False  # the server sent a prompt_progress
+
+        def on_progress(p: client.Progress) -> None:
+            nonlocal heard
+            heard = True
+            t = self.now()
+            self.emit(PromptProgress(t, i, run, round(t - acc.t_sent, 3), p.total, p.processed, p.cache,
+                                     _r(p.tokens_per_second), _r(p.eta_s)))
+
+        async def tick() -> None:  # where the build sends no progress: the time the prompt has taken so far
+            while True:
+                await asyncio.sleep(PROGRESS_TICK_S)
+                if not heard:
+                    t = self.now()
+                    self.emit(PromptProgress(t, i, run, round(t - acc.t_sent, 3)))
+
+        ticker = asyncio.create_task(tick())
+        try:
+            await self._stream_run(i, run, srv, path, body, acc, result, detector, stop_on_loop, on_progress, ticker)
+        finally:
+            ticker.cancel()
+
+    async def _stream_run(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
+                          result: client.StreamResult, detector: LoopDetector, stop_on_loop: bool,
+                          on_progress: Callable[[client.Progress], None], ticker: asyncio.Task[None]) -> None:
+        assert self._http is not None
+        patterns = TemplateDetector()
         async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
                                          stall_timeout_s=self.plan.profile.run.stall_timeout_s,
-                                         clock=self.now, result=result):
+                                         clock=self.now, result=result, on_progress=on_progress):
+            ticker.cancel()  # the prompt is done once a token comes
             if i in self._aborted:  # belt and braces: an abort stops the stream at the next piece at the latest
                 raise asyncio.CancelledError
             acc.add(piece.t, piece.n, piece.text, piece.token_id, piece.top)
@@ -394,9 +442,13 @@ class Runner:
             except Exception:  # a probe that fails gives no reading, never a crash
                 continue
             for i, pid in pids.items():
-                self.emit(MemorySampled(
-                    self.now(), i, source, _r(sample.per_pid.get(pid)),
-                    _r(sample.device_total_mib), _r(sample.device_used_mib), sample.device_name))
+                own = sample.device_of(pid) if hasattr(sample, "device_of") else None
+                if own is not None:  # each side against its own GPU (they may be on different ones)
+                    name, total, used = own
+                else:
+                    name, total, used = sample.device_name, sample.device_total_mib, sample.device_used_mib
+                self.emit(MemorySampled(self.now(), i, source, _r(sample.per_pid.get(pid)), _r(total), _r(used),
+                                        name))
 
     def _set(self, i: int, status: str) -> None:
         self.status[i] = status

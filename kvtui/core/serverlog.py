@@ -81,6 +81,8 @@ _FAILURES: tuple[tuple[str, str, str], ...] = (
      'set flash_attn = "on" in the profile (or use an f16 V cache)'),
     (r"Unsupported cache type: (\S+)", "llama-server does not support cache type {0}",
      "use one of " + ", ".join(CACHE_TYPES)),
+    (r"invalid device: (\S+)", "llama-server has no device {0}",
+     "set the side's device to a name `llama-server --list-devices` prints (kvtui doctor lists them)"),
     (r"error while handling argument \"([^\"]+)\"", "llama-server rejected the argument {0}",
      "check the profile's extra_args against `llama-server --help`"),
     (r"insufficient memory|failed to allocate|out of memory|cudaMalloc failed|ErrorOutOfDeviceMemory",

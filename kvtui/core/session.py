@@ -116,17 +116,23 @@ class SessionRecorder:
                 rec.model = Model(path=event.model_path, name=event.model_name, size_mib=event.model_size_mib,
                                   arch=event.model_arch)
                 rec.sides = [Side(s.name, s.cache_type_k, s.cache_type_v, argv=s.argv,
-                                  kv_estimate_mib=s.kv_estimate_mib) for s in event.sides]
+                                  kv_estimate_mib=s.kv_estimate_mib, placement=s.placement or None,
+                                  cache_types="declared" if s.attached else "set") for s in event.sides]
             case ServerStarting():
                 s = self.side(event.side)
                 s.status, s.t_start, s.port, s.argv, s.log = (
-                    SideStatus.STARTING, round(event.t, 3), event.port, event.argv, event.log_path)
+                    SideStatus.STARTING, round(event.t, 3), event.port, event.argv, event.log_path or None)
+                s.url = event.attached or None
             case ServerReady():
                 s = self.side(event.side)
                 s.status, s.t_ready, s.pid, s.load_s, s.n_ctx, s.build = (
                     SideStatus.READY, round(event.t, 3), event.pid, event.load_s, event.n_ctx, event.build)
                 s.kv_cache_mib, s.flash_attn, s.warnings = event.kv_cache_mib, event.flash_attn, event.warnings
                 s.ran_with = event.ran_with
+                if event.attached:
+                    s.served_model = event.model_path
+                    if not event.pid:
+                        s.pid, s.memory_source = None, "remote"
             case WarmupDone():
                 s = self.side(event.side)
                 s.warmup_ms, s.t_warm = event.ms, round(event.t, 3)
@@ -267,6 +273,9 @@ def profile_from_record(path: str | Path) -> tuple[Any, str | None]:
         raise RecordError(f"{path}: the record holds no profile",
                           "it was written by an older kvtui; run the profile itself")
     raw = {k: v for k, v in raw.items() if k != "description" or isinstance(v, str)}
+    if isinstance(raw.get("sides"), list):  # an attached side's key was masked: the server will ask for it
+        raw["sides"] = [{k: v for k, v in s.items() if not (k == "api_key" and v == "***")} if isinstance(s, dict)
+                        else s for s in raw["sides"]]
     try:
         profile = parse_profile(raw, source=f"{path} [profile]")
     except ProfileError as exc:

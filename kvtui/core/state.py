@@ -14,6 +14,7 @@ from .events import (
     Event,
     LoopDetected,
     MemorySampled,
+    PromptProgress,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -76,6 +77,15 @@ class SideState:
     log_path: str = ""
     warnings: tuple[str, ...] = ()
     ran_with: RanWith | None = None  # what its log says it ran with (the pane's badge, the log screen)
+    placement: str = ""  # device, "GPU n" or the attached URL
+    attached: bool = False  # cache types as declared; never stopped by kvtui
+    memory_remote: bool = False  # attached to a server on another machine: memory not sampled
+    progress: PromptProgress | None = None  # the prompt being processed (None once the first token came)
+
+    @property
+    def progress_line(self) -> str:
+        """One line for the pane's status while the prompt is processed ("" otherwise)."""
+        return self.progress.line() if self.progress is not None else ""
 
     @property
     def rates(self) -> list[float]:
@@ -119,7 +129,8 @@ class SessionState:
         if isinstance(e, SessionStarted):
             self.started = e
             self.finished = None
-            self.sides = [SideState(s.name, s.cache_type_k, s.cache_type_v, s.kv_estimate_mib) for s in e.sides]
+            self.sides = [SideState(s.name, s.cache_type_k, s.cache_type_v, s.kv_estimate_mib,
+                                    placement=s.placement, attached=s.attached) for s in e.sides]
             return
         if isinstance(e, SessionFinished):
             self.finished = e.status
@@ -129,7 +140,11 @@ class SessionState:
             return
         s = self.sides[side_index]
         match e:
+            case PromptProgress():
+                if s.run == e.run and s.first_t is None and not s.pieces:
+                    s.progress = e
             case TokenReceived():
+                s.progress = None
                 s._count(e.t, e.n)
                 s.tokens = e.n
                 s.pieces.append(e.text)
@@ -143,6 +158,7 @@ class SessionState:
                 s.pieces, s.ids, s.pending, s.reset_text = [], [], [], True
                 s.meter, s.buckets, s.first_t, s.ttft_ms, s.loop, s.stop = RateMeter(), [], None, None, None, None
                 s.prompt_per_second = s.predicted_per_second = s.client_tokens_per_second = None
+                s.progress = None
             case MemorySampled():
                 s.mem_source, s.mem_mib = e.source, e.used_mib
                 if e.used_mib is not None:
@@ -153,7 +169,7 @@ class SessionState:
                 s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, SideStatus.LOOPING
             case RunFinished():
                 run = e.result
-                s.stop = run.stop
+                s.stop, s.progress = run.stop, None
                 s.prompt_per_second, s.predicted_per_second = run.prompt_per_second, run.predicted_per_second
                 s.client_tokens_per_second = run.client_tokens_per_second
                 if run.ttft_ms is not None:
@@ -168,6 +184,7 @@ class SessionState:
                 s.status, s.kv_cache_mib, s.flash_attn, s.load_s, s.warnings = (
                     SideStatus.LOADING, e.kv_cache_mib, e.flash_attn, e.load_s, e.warnings)
                 s.ran_with = e.ran_with
+                s.memory_remote = e.attached and not e.pid
             case WarmupDone():
                 s.status = SideStatus.WARMED_UP
             case ErrorRaised():

@@ -31,7 +31,11 @@ from .vocab import CLEAN_STOPS, Schedule, StopReason
 
 
 def kind(schedule: Schedule | str | None) -> str:
-    """The kind of measurement a schedule gives: contended (``simultaneous``) or one request at a time."""
+    """The kind of measurement a schedule gives: contended (``simultaneous``) or uncontended.
+
+    Uncontended is one request at a time (``solo``, ``alternate``) or at once
+    on hardware of its own (``separate``: each side on its own GPU or machine).
+    """
     return "simultaneous" if schedule == Schedule.SIMULTANEOUS else "one at a time"
 
 

@@ -87,6 +87,7 @@ class Schedule(StrEnum):
     SIMULTANEOUS = "simultaneous"  # every side generated at once: the servers shared the hardware (contended)
     ALTERNATE = "alternate"  # every server loaded, one request at a time
     SOLO = "solo"  # only this side's server ran (sequential mode, a rerun of one side, the other side gone)
+    SEPARATE = "separate"  # every side generated at once, each on its own GPU or machine: not contended
 
     @property
     def contended(self) -> bool:

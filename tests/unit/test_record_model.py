@@ -73,7 +73,9 @@ def full_record() -> SessionRecord:
         mode="parallel", mode_reason="both fit", schedule="alternate", error="session error",
         host=Host("Linux", "x86_64", "EPYC", 2, 24000.0, "H200", 1, 143771.0, "580"),
         server=Server("/bin/llama-server", "b1"), model=Model("/m.gguf", "Gemma", 241.0, "gemma3"),
-        profile={"name": "demo", "sampling": {"seed": 42}}, sides=[side, Side("q4_0", "q4_0", "q4_0")],
+        profile={"name": "demo", "sampling": {"seed": 42}}, sides=[side, Side("q4_0", "q4_0", "q4_0", url="http://127.0.0.1:8081", cache_types="declared",
+                                            placement="http://127.0.0.1:8081", served_model="/m.gguf",
+                                            memory_source="remote")],
         comparisons=[Comparison("q8_0", "q4_0", "p", 1, False, 2, 0.5, 0.25, 0.9, 0.01)],
         fairness=[Fairness("q8_0", "q4_0", ("rotation differs: K+V vs off",))],
         verdicts=[Verdict("q8_0", "q4_0", "tg", 6, 6, 0, 0.03125, 4.5, True, "sign test",
@@ -109,7 +111,7 @@ def written_keys(node: Any, prefix: str = "") -> set[str]:
 def test_records_written_so_far_load_and_hold_only_declared_keys(path: Path) -> None:
     """kvtui.session/1 records (the test data, the GPU examples) load as /2: runs take the session's schedule."""
     raw = tomllib.loads(path.read_text())
-    assert raw["schema"] == "kvtui.session/1"
+    assert raw["schema"] in ("kvtui.session/1", "kvtui.session/2")
     assert written_keys(raw) <= {name for name, _, _ in describe(SessionRecord)}, "a key the model does not declare"
     record = read_record(path)
     assert record.schema == SCHEMA and record.schedule is not None
@@ -161,7 +163,7 @@ DAMAGED = "the record is damaged"
     ("sides[0].runs[0].stop", "boom", "sides[0].runs[0].stop = 'boom' is not one of eos, length, word, loop, "
                                       "aborted, error", EDITED),
     ("status", "finished", "status = 'finished' is not one of running, done, failed, aborted", EDITED),
-    ("sides[0].memory_source", "gpu", "sides[0].memory_source = 'gpu' is not one of nvml, rss", EDITED),
+    ("sides[0].memory_source", "gpu", "sides[0].memory_source = 'gpu' is not one of nvml, rss, remote", EDITED),
     ("sides[0].pid", True, "sides[0].pid has the wrong type (bool)", EDITED),
     ("sides[0].kv_cache_mib", "14", "sides[0].kv_cache_mib has the wrong type (str)", EDITED),
     ("host", 3, "host has the wrong type (int)", EDITED),

@@ -182,6 +182,8 @@ class GenerationPane(Vertical):
         t = Text()
         if s.status == SideStatus.WAITING and s.waiting_reason:
             t.append(f"waiting: {s.waiting_reason}", style="italic dim")
+        if s.progress_line:
+            t.append(s.progress_line, style="bold cyan")
         if s.loop is not None:
             t.append(f"repetition loop from token {s.loop[1]}: ", style="bold red")
             t.append(repr(s.loop_text[:60]) if s.loop_text else "", style="red")
