@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kvtui.core.events import TokenReceived  # noqa: E402
-from kvtui.core.launch import prepare  # noqa: E402
-from kvtui.core.live import LiveSession  # noqa: E402
-from kvtui.core.locate import find_server  # noqa: E402
 from kvtui.core.profiles import load_profile  # noqa: E402
-from kvtui.core.server import free_port  # noqa: E402
+from kvtui.core.run.live import LiveSession  # noqa: E402
+from kvtui.core.run.prepare import prepare  # noqa: E402
+from kvtui.core.server.locate import find_server  # noqa: E402
+from kvtui.core.server.process import free_port  # noqa: E402
 
 
 def demo_profile(**run_changes):
@@ -113,7 +113,7 @@ def kvtui_start() -> float:
 def import_cost() -> float:
     """A fresh interpreter importing what `kvtui run --headless` imports."""
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import kvtui.cli, kvtui.core.launch, kvtui.core.live, kvtui.headless"],
+    subprocess.run([sys.executable, "-c", "import kvtui.cli, kvtui.core.run.prepare, kvtui.core.run.live, kvtui.headless"],
                    check=True, cwd=REPO)
     t1 = time.monotonic()
     subprocess.run([sys.executable, "-c", "pass"], check=True)

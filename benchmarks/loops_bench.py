@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvtui.core.loops import LoopDetector  # noqa: E402
-from kvtui.core.templates import TemplateDetector  # noqa: E402
+from kvtui.core.quality.loops import LoopDetector  # noqa: E402
+from kvtui.core.quality.templates import TemplateDetector  # noqa: E402
 
 TARGET = 200_000
 TEMPLATE_TARGET = 50_000

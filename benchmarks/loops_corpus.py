@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvtui.core.loops import LoopDetector, find_loop  # noqa: E402
-from kvtui.core.templates import TemplateDetector, find_template  # noqa: E402
+from kvtui.core.quality.loops import LoopDetector, find_loop  # noqa: E402
+from kvtui.core.quality.templates import TemplateDetector, find_template  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "loops"
 STUCK_LABELS = ("verbatim", "template", "none")

@@ -38,7 +38,7 @@ from kvtui.core.events import (  # noqa: E402
     SideInfo,
     TokenReceived,
 )
-from kvtui.core.record import Run  # noqa: E402
+from kvtui.core.record.model import Run  # noqa: E402
 from kvtui.ui.app import KvtuiApp  # noqa: E402
 
 WORDS = ("def", " value", " =", " compute", "(", "x", ")", "\n", "    return", " x", " *", " 2", "\n\n", " #", " note")

@@ -11,8 +11,8 @@ import signal
 import sys
 from typing import Any
 
-from .core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED, KvtuiError
-from .core.profiles import default_profile_path
+from kvtui.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED, KvtuiError
+from kvtui.core.profiles import default_profile_path
 
 EPILOG = """\
 examples:
@@ -31,7 +31,7 @@ exit codes: 0 done, 1 a run failed, 2 bad input
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvtui", description="Compare llama-server KV-cache types side by side.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from kvtui import __version__
 
     p.add_argument("--version", action="version", version=f"kvtui {__version__}")
     sub = p.add_subparsers(dest="command")
@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "doctor":
-            from .doctor import doctor
+            from kvtui.doctor import doctor
 
             return doctor(model=args.model, server_bin=args.server_bin, probe=False if args.no_probe else None)
         if args.command == "show":
-            from .show import show
+            from kvtui.show import show
 
             return show(args.records, args.format)
         if args.command == "replay":
@@ -95,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, "from_record", None):
                 if getattr(args, "profile", None):
                     raise KvtuiError("give a PROFILE or --from RECORD, not both", "drop one of them")
-                from .core.session import profile_from_record
+                from kvtui.core.record.recorder import profile_from_record
 
                 profile, recorded_bin = profile_from_record(args.from_record)
                 server_bin = server_bin or recorded_bin
             headless = getattr(args, "headless", False)
-            from .core.launch import prepare
+            from kvtui.core.run.prepare import prepare
 
             prepared = prepare(profile, model=getattr(args, "model", None),  # type: ignore[arg-type]
                                server_bin=server_bin, mode=getattr(args, "mode", None),
@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
                                force=getattr(args, "force", False))
             force = getattr(args, "force", False)
             if headless:
-                from .core.plan import overcommit
+                from kvtui.core.run.plan import overcommit
 
                 refusal = None if force else overcommit(prepared.plan)
                 if refusal is not None:
                     print(f"kvtui: error: {refusal}", file=sys.stderr)
                     return EXIT_BAD_INPUT
                 return run_headless(prepared)
-            from .ui.app import run_app
+            from kvtui.ui.app import run_app
 
             return run_app(prepared, force=force)
     except KvtuiError as exc:
@@ -144,23 +144,23 @@ def wide_console() -> Any:
 
 def replay(path: str, speed: float, headless: bool) -> int:
     """Replay a record in the app or through the headless console."""
-    from .core.errors import KvtuiError as _Err
-    from .core.replay import Replayer
-    from .core.session import read_record
+    from kvtui.core.errors import KvtuiError as _Err
+    from kvtui.core.record.recorder import read_record
+    from kvtui.core.record.replay import Replayer
 
     if speed <= 0:
         raise _Err(f"--speed {speed:g} must be positive", "e.g. --speed 2 for twice as fast")
     record = read_record(path)
     replayer = Replayer(record, speed=speed)
     if headless:
-        from .headless import HeadlessConsole
+        from kvtui.headless import HeadlessConsole
 
         console = HeadlessConsole(wide_console(), live=False)
         replayer.sinks.append(console.handle)
         asyncio.run(replayer.run())
         console.print_summary(replayer.recorder.record, None)
         return EXIT_OK
-    from .ui.app import KvtuiApp
+    from kvtui.ui.app import KvtuiApp
 
     label = "replay " + record.created[:10]
     code = KvtuiApp(replayer, replay_label=label).run()
@@ -173,10 +173,10 @@ def run_headless(prepared: object) -> int:
     The same ``LiveSession`` as the app drives the runner and the recorder;
     the console is one more sink of its events.
     """
-    from .core.launch import Prepared
-    from .core.live import LiveSession
-    from .core.vocab import SessionStatus
-    from .headless import HeadlessConsole
+    from kvtui.core.run.live import LiveSession
+    from kvtui.core.run.prepare import Prepared
+    from kvtui.core.vocab import SessionStatus
+    from kvtui.headless import HeadlessConsole
 
     assert isinstance(prepared, Prepared)
     console = HeadlessConsole(wide_console())

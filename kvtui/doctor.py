@@ -7,14 +7,21 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
-from .core.fairness import CUDA_FIX
-from .core.gpu import GpuDevice, gpu_summary
-from .core.locate import ServerBinary, bundled_wheel_runs_here, cpu_flags, find_model, find_server, server_version
-from .core.modelinfo import read_model_info
-from .core.probe import PROBE_CTX, PROBE_PAIRS, on_fast_path, probe_pairs
-from .core.profiles import default_profile_path, load_profile
-from .core.vocab import QUANTIZED_TYPES
+from kvtui.core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
+from kvtui.core.model.info import read_model_info
+from kvtui.core.profiles import default_profile_path, load_profile
+from kvtui.core.quality.fairness import CUDA_FIX
+from kvtui.core.run.memory import GpuDevice, gpu_summary
+from kvtui.core.server.locate import (
+    ServerBinary,
+    bundled_wheel_runs_here,
+    cpu_flags,
+    find_model,
+    find_server,
+    server_version,
+)
+from kvtui.core.server.probe import PROBE_CTX, PROBE_PAIRS, on_fast_path, probe_pairs
+from kvtui.core.vocab import QUANTIZED_TYPES
 
 
 def doctor(model: str | None = None, server_bin: str | None = None, console: Console | None = None,

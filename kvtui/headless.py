@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .core.events import (
+from kvtui.core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
@@ -25,9 +25,9 @@ from .core.events import (
     SideWaiting,
     WarmupDone,
 )
-from .core.record import SessionRecord
-from .core.state import SessionState
-from .core.summary import SideSummary, clean_finish, comparisons, summarize, unfair_pair, verdicts
+from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, summarize, unfair_pair, verdicts
+from kvtui.core.record.model import SessionRecord
+from kvtui.core.view import SessionState
 
 PROGRESS_PRINT_S = 5.0  # at most one progress line per side this often
 PROGRESS_AFTER_S = 1.0  # a prompt done sooner prints no progress

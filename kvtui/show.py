@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .core.record import SessionRecord, read_record
-from .core.summary import SideSummary, clean_finish, comparisons, summarize
-from .headless import legend_lines
+from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, summarize
+from kvtui.core.record.model import SessionRecord, read_record
+from kvtui.headless import legend_lines
 
 COLUMNS = ("record", "created", "model", "server", "side", "cache", "status", "runs", "schedule", "pp_tps", "tg_tps",
            "tg_source", "ttft_ms", "tokens", "kv_mib", "kv_estimate_mib", "mem_peak_mib", "mem_kind", "stops", "loops")
@@ -55,7 +55,7 @@ def show(paths: list[str], fmt: str = "table", console: Console | None = None) -
     records = [(p, read_record(p)) for p in paths]
     all_rows = [r for p, rec in records for r in rows(p, rec)]
     if console is None:
-        from .cli import wide_console
+        from kvtui.cli import wide_console
 
         console = wide_console()
     out = console

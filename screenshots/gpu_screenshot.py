@@ -20,9 +20,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from kvtui.core.launch import prepare  # noqa: E402
-from kvtui.core.live import LiveSession  # noqa: E402
 from kvtui.core.profiles import load_profile  # noqa: E402
+from kvtui.core.run.live import LiveSession  # noqa: E402
+from kvtui.core.run.prepare import prepare  # noqa: E402
 from kvtui.ui.app import KvtuiApp  # noqa: E402
 
 SIZE = (150, 42)

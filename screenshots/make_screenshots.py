@@ -20,8 +20,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from kvtui.core.record import SessionRecord, read_record  # noqa: E402
-from kvtui.core.replay import Replayer  # noqa: E402
+from kvtui.core.record.model import SessionRecord, read_record  # noqa: E402
+from kvtui.core.record.replay import Replayer  # noqa: E402
 from kvtui.ui.app import KvtuiApp  # noqa: E402
 
 SESSIONS = REPO / "tests" / "data" / "sessions"

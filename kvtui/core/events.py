@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .provenance import RanWith
-from .record import Run
-from .vocab import Schedule, SessionStatus, SideStatus, StopReason  # noqa: F401 - the vocabulary, re-exported
+from kvtui.core.logs.provenance import RanWith
+from kvtui.core.record.model import Run
+from kvtui.core.vocab import Schedule, SessionStatus, SideStatus, StopReason  # noqa: F401 - the vocabulary, re-exported
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ProfileError
-from .vocab import CACHE_TYPES as _CACHE_BLOCKS
-from .vocab import QUANTIZED_TYPES, Schedule
+from kvtui.core.errors import ProfileError
+from kvtui.core.vocab import CACHE_TYPES as _CACHE_BLOCKS
+from kvtui.core.vocab import QUANTIZED_TYPES, Schedule
 
 CACHE_TYPES = tuple(_CACHE_BLOCKS)
 FLASH_ATTN = ("on", "off", "auto")

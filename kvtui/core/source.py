@@ -2,8 +2,8 @@
 
 The Textual app and the headless console hold an ``EventSource`` and nothing
 more specific: they add a sink, run it, abort or rerun sides, and read its
-recorder's typed record. ``LiveSession`` (kvtui.core.live) and ``Replayer``
-(kvtui.core.replay) are the two implementations; a replay also offers
+recorder's typed record. ``LiveSession`` (kvtui.core.run.live) and ``Replayer``
+(kvtui.core.record.replay) are the two implementations; a replay also offers
 ``ReplayControls``.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .events import Event
+from kvtui.core.events import Event
 
 if TYPE_CHECKING:
-    from .plan import Plan
-    from .session import SessionRecorder
+    from kvtui.core.record.recorder import SessionRecorder
+    from kvtui.core.run.plan import Plan
 
 Sink = Callable[[Event], None]
 

@@ -22,17 +22,17 @@ from textual.binding import Binding
 from textual.containers import Grid
 from textual.widgets import Footer
 
-from ..core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
-from ..core.events import Event
-from ..core.state import SessionState
-from ..core.summary import comparisons, summarize, verdicts
-from ..core.vocab import FAILED, SessionStatus
-from .screens.confirm import ConfirmScreen
-from .screens.help import HelpScreen
-from .screens.server_log import ServerLogScreen
-from .widgets.comparison_strip import ComparisonStrip
-from .widgets.generation_pane import GenerationPane
-from .widgets.session_header import SessionHeader
+from kvtui.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
+from kvtui.core.events import Event
+from kvtui.core.quality.summary import comparisons, summarize, verdicts
+from kvtui.core.view import SessionState
+from kvtui.core.vocab import FAILED, SessionStatus
+from kvtui.ui.screens.confirm import ConfirmScreen
+from kvtui.ui.screens.help import HelpScreen
+from kvtui.ui.screens.server_log import ServerLogScreen
+from kvtui.ui.widgets.comparison_strip import ComparisonStrip
+from kvtui.ui.widgets.generation_pane import GenerationPane
+from kvtui.ui.widgets.session_header import SessionHeader
 
 TEXT_HZ = 15
 FIGURES_HZ = 4
@@ -124,7 +124,7 @@ class KvtuiApp(App[int]):
 
     def _start_or_confirm(self) -> None:
         """Start the session, first asking when the plan says a parallel run will not fit."""
-        from ..core.plan import overcommit
+        from kvtui.core.run.plan import overcommit
 
         plan = getattr(getattr(self.session, "prepared", None), "plan", None)
         refusal = None if self.force or plan is None else overcommit(plan)
@@ -343,7 +343,7 @@ class KvtuiApp(App[int]):
 
 def run_app(prepared: Any, force: bool = False) -> int:
     """Open the app on a prepared live session; returns the exit code."""
-    from ..core.live import LiveSession
+    from kvtui.core.run.live import LiveSession
 
     session = LiveSession(prepared)
     app = KvtuiApp(session, force=force)

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from kvtui.cli import main
-from kvtui.core import client
 from kvtui.core.profiles import Prompt, Sampling
-from kvtui.core.server import free_port
-from kvtui.core.session import read_record
+from kvtui.core.record.recorder import read_record
+from kvtui.core.server import client
+from kvtui.core.server.process import free_port
 
 pytestmark = pytest.mark.server
 CTX = 4096

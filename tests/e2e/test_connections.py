@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvtui.core import client
 from kvtui.core.errors import ServerError
 from kvtui.core.events import ErrorRaised
-from kvtui.core.launch import prepare
-from kvtui.core.live import LiveSession
+from kvtui.core.logs.failure import explain_failure
 from kvtui.core.profiles import Prompt, Sampling, load_profile
-from kvtui.core.server import LlamaServer, port_in_use, server_args
-from kvtui.core.serverlog import explain_failure
+from kvtui.core.run.live import LiveSession
+from kvtui.core.run.prepare import prepare
+from kvtui.core.server import client
+from kvtui.core.server.process import LlamaServer, port_in_use, server_args
 
 REPO = Path(__file__).resolve().parents[2]
 server = pytest.mark.server
@@ -121,7 +121,7 @@ def test_an_empty_log_with_the_port_held_is_explained_as_a_busy_port() -> None:
 async def test_a_server_that_exits_without_a_log_on_a_held_port(tmp_path: Path, model_path) -> None:
     """The whole path, with a stand-in for the one thing a real llama-server does only by chance (exit 1 before its
     log thread writes): ``sh -c 'exit 1'`` as the binary, started on a port another socket holds."""
-    from kvtui.core.locate import ServerBinary
+    from kvtui.core.server.locate import ServerBinary
 
     script = tmp_path / "llama-server"
     script.write_text("#!/bin/sh\nexit 1\n")

@@ -37,13 +37,13 @@ import tomli_w
 from kvtui.cli import main
 from kvtui.core.errors import KvtuiError, ProfileError
 from kvtui.core.events import TokenReceived
-from kvtui.core.launch import check_writable, prepare
-from kvtui.core.locate import help_flags
 from kvtui.core.profiles import check_remote, load_profile
-from kvtui.core.record import SessionRecord, Side
-from kvtui.core.runner import Runner
-from kvtui.core.server import LlamaServer, server_args
-from kvtui.core.session import default_record_path, read_record, write_record
+from kvtui.core.record.model import SessionRecord, Side
+from kvtui.core.record.recorder import default_record_path, read_record, write_record
+from kvtui.core.run.prepare import check_writable, prepare
+from kvtui.core.run.runner import Runner
+from kvtui.core.server.locate import help_flags
+from kvtui.core.server.process import LlamaServer, server_args
 
 REPO = Path(__file__).resolve().parents[2]
 server = pytest.mark.server
@@ -361,7 +361,7 @@ def test_model_too_big_for_memory(tmp_path: Path, capsys, server_binary, model_p
     """A context whose f32 KV cache is twice this machine's RAM and swap: the allocation fails at load."""
     if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
         pytest.skip("vm.overcommit_memory=1: the allocation would succeed and the OOM killer act instead")
-    from kvtui.core.kvsize import estimate_kv_mib
+    from kvtui.core.model.kvsize import estimate_kv_mib
 
     per_m = estimate_kv_mib(model_path, ctx=2**20, cache_type_k="f32", cache_type_v="f32", n_parallel=1).total_mib
     total_mib = (psutil.virtual_memory().total + psutil.swap_memory().total) / 2**20
@@ -383,7 +383,7 @@ def test_model_too_big_for_memory(tmp_path: Path, capsys, server_binary, model_p
 @server
 def test_busy_port(tmp_path: Path, capsys, monkeypatch, server_binary, no_leftover_servers) -> None:
     """The port kvtui picked is taken before the server binds it (a race with another program)."""
-    import kvtui.core.server as server_module
+    import kvtui.core.server.process as server_module
 
     held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     held.bind(("127.0.0.1", 0))
@@ -802,7 +802,7 @@ def test_an_exception_inside_kvtui_still_stops_servers_and_saves(tmp_path: Path,
 async def test_app_shows_the_cause_and_fix_in_the_pane(tmp_path: Path, server_binary, no_leftover_servers) -> None:
     from textual.widgets import Static
 
-    from kvtui.core.live import LiveSession
+    from kvtui.core.run.live import LiveSession
     from kvtui.ui.app import KvtuiApp
     from kvtui.ui.widgets.generation_pane import GenerationPane
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.core.session import read_record
+from kvtui.core.record.recorder import read_record
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from kvtui.core.kvsize import CACHE_TYPES, estimate_kv_mib
-from kvtui.core.serverlog import parse_log
+from kvtui.core.logs.failure import parse_log
+from kvtui.core.model.kvsize import CACHE_TYPES, estimate_kv_mib
 
 pytestmark = pytest.mark.server
 
@@ -42,7 +42,7 @@ def model(request: pytest.FixtureRequest) -> Path:
     try:
         return Path(request.getfixturevalue("model_path"))
     except pytest.FixtureLookupError:
-        from kvtui.core.locate import bundled_model
+        from kvtui.core.server.locate import bundled_model
 
         return bundled_model()
 

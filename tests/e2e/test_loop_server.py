@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.core.loops import find_loop
-from kvtui.core.session import read_record
+from kvtui.core.quality.loops import find_loop
+from kvtui.core.record.recorder import read_record
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "tests" / "data" / "sessions" / "loop-profile.toml"

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvtui.core.launch import prepare
-from kvtui.core.live import LiveSession
 from kvtui.core.profiles import load_profile
-from kvtui.core.session import read_record
+from kvtui.core.record.recorder import read_record
+from kvtui.core.run.live import LiveSession
+from kvtui.core.run.prepare import prepare
 from kvtui.ui.app import KvtuiApp
 from kvtui.ui.screens.confirm import ConfirmScreen
 
@@ -190,7 +190,7 @@ def test_a_rerun_of_one_side_is_solo_and_not_compared_with_contended_runs(tmp_pa
                                                                           no_leftover_servers) -> None:
     """The rerun side runs alone (`solo`) while its partner's run was `simultaneous`: each run says how it was
     measured, and the comparison says the speed figures cannot be compared instead of mixing them."""
-    from kvtui.core.summary import comparisons
+    from kvtui.core.quality.summary import comparisons
 
     prepared = prepare(str(demo_profile(tmp_path, n_predict=16)), server_bin=str(server_binary.path),
                        record=str(tmp_path / "r.toml"))

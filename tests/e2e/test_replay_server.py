@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from kvtui.core.events import LoopDetected, RunFinished, TokenReceived
-from kvtui.core.launch import prepare
-from kvtui.core.live import LiveSession
 from kvtui.core.profiles import load_profile
-from kvtui.core.replay import Replayer
-from kvtui.core.session import read_record
+from kvtui.core.record.recorder import read_record
+from kvtui.core.record.replay import Replayer
+from kvtui.core.run.live import LiveSession
+from kvtui.core.run.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.core.divergence import first_divergence
-from kvtui.core.launch import prepare
-from kvtui.core.live import LiveSession
-from kvtui.core.loops import find_loop  # noqa: F401  (the runner's detector must import)
-from kvtui.core.session import read_record
+from kvtui.core.quality.divergence import first_divergence
+from kvtui.core.quality.loops import find_loop  # noqa: F401  (the runner's detector must import)
+from kvtui.core.record.recorder import read_record
+from kvtui.core.run.live import LiveSession
+from kvtui.core.run.prepare import prepare
 from kvtui.ui.app import KvtuiApp
 
 REPO = Path(__file__).resolve().parents[2]

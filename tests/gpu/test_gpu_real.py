@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvtui.core.gpu import NvmlProbe, make_probe
-from kvtui.core.locate import bundled_model, find_server
-from kvtui.core.provenance import parse_ran_with
-from kvtui.core.server import free_port
+from kvtui.core.logs.provenance import parse_ran_with
+from kvtui.core.run.memory import NvmlProbe, make_probe
+from kvtui.core.server.locate import bundled_model, find_server
+from kvtui.core.server.process import free_port
 
 
 def _gpu_count() -> tuple[int, str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvtui.core.replay import Replayer
-from kvtui.core.session import read_record
+from kvtui.core.record.recorder import read_record
+from kvtui.core.record.replay import Replayer
 from kvtui.ui.app import KvtuiApp
 
 SESSIONS = Path(__file__).resolve().parents[1] / "data" / "sessions"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.core.launch import prepare
-from kvtui.core.live import LiveSession
+from kvtui.core.run.live import LiveSession
+from kvtui.core.run.prepare import prepare
 from kvtui.ui.app import KvtuiApp
 from kvtui.ui.screens.server_log import ServerLogScreen
 from kvtui.ui.widgets.comparison_strip import ComparisonStrip

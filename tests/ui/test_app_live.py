@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.core.launch import prepare
-from kvtui.core.live import LiveSession
 from kvtui.core.profiles import load_profile
-from kvtui.core.session import read_record
+from kvtui.core.record.recorder import read_record
+from kvtui.core.run.live import LiveSession
+from kvtui.core.run.prepare import prepare
 from kvtui.ui.app import KvtuiApp
 from kvtui.ui.widgets.generation_pane import GenerationPane
 

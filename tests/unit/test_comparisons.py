@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from kvtui.cli import main
-from kvtui.core.record import Run, SessionRecord, Side, read_record
-from kvtui.core.summary import comparisons, summarize
+from kvtui.core.quality.summary import comparisons, summarize
+from kvtui.core.record.model import Run, SessionRecord, Side, read_record
 from kvtui.headless import HeadlessConsole
 
 SESSIONS = Path(__file__).resolve().parents[1] / "data" / "sessions"
@@ -93,6 +93,6 @@ def test_fewer_than_six_pairs_are_too_few_to_tell() -> None:
 def test_a_rerun_pairs_with_the_other_sides_run_of_the_same_kind_only() -> None:
     """The rerun of q8_0 (solo) must not pair with q4_0's simultaneous run: no verdict mixes the two."""
     rec = record([run(0, 20.0), run(1, 33.0, schedule="solo")], [run(0, 19.0)])
-    from kvtui.core.summary import verdicts
+    from kvtui.core.quality.summary import verdicts
 
     assert verdicts(rec) == []

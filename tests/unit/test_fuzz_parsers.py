@@ -33,7 +33,7 @@ from kvtui.core.profiles import (
     load_profile,
     parse_profile,
 )
-from kvtui.core.session import read_record
+from kvtui.core.record.recorder import read_record
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sessions"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kvtui.core.gpu import GpuDevice, MemorySample, NvmlProbe, RssProbe, gpu_summary, make_probe
+from kvtui.core.run.memory import GpuDevice, MemorySample, NvmlProbe, RssProbe, gpu_summary, make_probe
 
 MIB = 2**20
 ME = os.getpid()

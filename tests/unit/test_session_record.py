@@ -24,9 +24,9 @@ from kvtui.core.events import (
     SideInfo,
     TokenReceived,
 )
-from kvtui.core.loops import Loop
-from kvtui.core.record import Host, Run, SessionRecord
-from kvtui.core.session import SCHEMA, SessionRecorder, read_record, write_record
+from kvtui.core.quality.loops import Loop
+from kvtui.core.record.model import Host, Run, SessionRecord
+from kvtui.core.record.recorder import SCHEMA, SessionRecorder, read_record, write_record
 
 
 def events() -> list:

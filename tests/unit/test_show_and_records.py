@@ -13,7 +13,7 @@ import pytest
 from kvtui.cli import main
 from kvtui.core.errors import RecordError
 from kvtui.core.profiles import load_profile
-from kvtui.core.session import profile_from_record, read_record
+from kvtui.core.record.recorder import profile_from_record, read_record
 
 SESSIONS = Path(__file__).resolve().parents[1] / "data" / "sessions"
 REPO = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 
-from kvtui.core.live import LiveSession
-from kvtui.core.replay import Replayer
+from kvtui.core.record.replay import Replayer
+from kvtui.core.run.live import LiveSession
 from kvtui.core.source import EventSource, ReplayControls
 
 
@@ -16,7 +16,7 @@ def _members(proto: type) -> set[str]:
 def test_live_session_and_replayer_offer_every_member_of_the_protocol() -> None:
     from pathlib import Path
 
-    from kvtui.core.session import read_record
+    from kvtui.core.record.recorder import read_record
 
     replay = Replayer(read_record(Path(__file__).resolve().parents[1] / "data" / "sessions" / "demo.toml"))
     assert replay.recorder is not None and replay.sinks == []
@@ -31,7 +31,7 @@ def test_live_session_and_replayer_offer_every_member_of_the_protocol() -> None:
 def test_only_a_replay_has_replay_controls(tmp_path) -> None:
     from pathlib import Path
 
-    from kvtui.core.session import read_record
+    from kvtui.core.record.recorder import read_record
 
     record = read_record(Path(__file__).resolve().parents[1] / "data" / "sessions" / "demo.toml")
     replay = Replayer(record)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from kvtui.core.client import StreamParser, build_request
 from kvtui.core.profiles import Prompt, Sampling
-from kvtui.core.sse import DONE, SSEDecoder, SSEError, decode_lines
+from kvtui.core.server.client import StreamParser, build_request
+from kvtui.core.server.sse import DONE, SSEDecoder, SSEError, decode_lines
 
 
 def sse(*payloads) -> list[str]:

@@ -1,7 +1,7 @@
 """The template detector (the quiet PATTERN signal) on hand-checked texts and the labelled corpus.
 
 Every expected value below was worked out by reading the text and applying the rule in
-``kvtui/core/templates.py`` by hand (the derivation is in the comment next to it), not
+``kvtui/core/quality/templates.py`` by hand (the derivation is in the comment next to it), not
 copied from the detector's output.
 """
 
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvtui.core.loops import find_loop
-from kvtui.core.templates import TemplateDetector, TemplateRepeat, find_template
+from kvtui.core.quality.loops import find_loop
+from kvtui.core.quality.templates import TemplateDetector, TemplateRepeat, find_template
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "data" / "loops"
@@ -227,7 +227,7 @@ def test_bad_parameters(kwargs):
 
 
 def test_core_does_not_import_ui_libraries():
-    code = ("import sys, kvtui.core.templates; "
+    code = ("import sys, kvtui.core.quality.templates; "
             "print([m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -392,8 +392,8 @@ def test_a_replayed_run_that_repeats_a_skeleton_shows_the_quiet_pattern_signal()
     from rich.console import Console
 
     from kvtui.core.events import PatternDetected
-    from kvtui.core.replay import _run_events
-    from kvtui.core.record import Run
+    from kvtui.core.record.model import Run
+    from kvtui.core.record.replay import _run_events
     from kvtui.core.vocab import StopReason
     from kvtui.headless import HeadlessConsole
 

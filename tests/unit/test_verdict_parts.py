@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from kvtui.core.checks import check_text
-from kvtui.core.divergence import alignment, compare, first_divergence, kl
-from kvtui.core.stats import paired_pass, paired_speed, sign_test_p
+from kvtui.core.quality.checks import check_text
+from kvtui.core.quality.divergence import alignment, compare, first_divergence, kl
+from kvtui.core.quality.paired import paired_pass, paired_speed, sign_test_p
 
 ANSWER = '''Here is the client.
 
@@ -107,7 +107,7 @@ def test_paired_speed_verdict() -> None:
 
 def test_too_few_pairs_say_so_instead_of_within_noise() -> None:
     """Fewer than 6 pairs that differ can never reach p < 0.05 (5 of 5 gives 0.0625): the verdict says so."""
-    from kvtui.core.stats import MIN_PAIRS
+    from kvtui.core.quality.paired import MIN_PAIRS
 
     assert MIN_PAIRS == 6
     v = paired_speed([10, 10, 10], [11, 12, 13])
@@ -124,8 +124,8 @@ def test_paired_pass_is_mcnemar_on_discordant_pairs() -> None:
 
 
 def test_reply_loop_needs_different_prompts() -> None:
-    from kvtui.core.record import Run
-    from kvtui.core.summary import reply_loop
+    from kvtui.core.quality.summary import reply_loop
+    from kvtui.core.record.model import Run
 
     def run(prompt: str, text: str) -> Run:
         return Run(0, "eos", prompt=prompt, text=text)
@@ -141,7 +141,7 @@ def test_reply_loop_needs_different_prompts() -> None:
 
 def test_live_divergence_is_incremental_and_per_run() -> None:
     from kvtui.core.events import RequestSent, SessionStarted, SideInfo, TokenReceived
-    from kvtui.core.state import SessionState
+    from kvtui.core.view import SessionState
 
     st = SessionState()
     st.apply(SessionStarted(0, "p", "parallel", "", "simultaneous",

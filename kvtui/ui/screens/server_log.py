@@ -28,7 +28,7 @@ class ServerLogScreen(ModalScreen[None]):
         super().__init__()
         self.title_text = title
         self.path = path
-        self.details = details or []  # what the server ran with (kvtui.core.provenance), above the log
+        self.details = details or []  # what the server ran with (kvtui.core.logs.provenance), above the log
 
     def compose(self) -> ComposeResult:
         with Vertical(id="log-box"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ...core.stats import PairedVerdict
-from ...core.summary import SideComparison, SideSummary, clean_finish
+from kvtui.core.quality.paired import PairedVerdict
+from kvtui.core.quality.summary import SideComparison, SideSummary, clean_finish
 
 
 class ComparisonStrip(Static):

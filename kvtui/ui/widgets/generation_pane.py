@@ -10,10 +10,10 @@ from textual.containers import Vertical
 from textual.widgets import Static, TextArea
 from textual.widgets.text_area import Selection
 
-from ...core.state import SideState
-from ...core.vocab import FAILED, SideStatus, StopReason
-from .memory_meter import MemoryMeter
-from .rate_gauge import RateGauge
+from kvtui.core.view import SideState
+from kvtui.core.vocab import FAILED, SideStatus, StopReason
+from kvtui.ui.widgets.memory_meter import MemoryMeter
+from kvtui.ui.widgets.rate_gauge import RateGauge
 
 STATUS_STYLE: dict[str, str] = {
     SideStatus.WAITING: "dim", SideStatus.STARTING: "yellow", SideStatus.LOADING: "yellow",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ...core.events import SessionStarted
-from ...core.vocab import Schedule, SessionStatus
+from kvtui.core.events import SessionStarted
+from kvtui.core.vocab import Schedule, SessionStatus
 
 
 class SessionHeader(Static):

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from kvtui.core.locate import bundled_model, find_server, server_version  # noqa: E402
+from kvtui.core.server.locate import bundled_model, find_server, server_version  # noqa: E402
 
 OUT = HERE / "real_gemma270m.json"
 N_PREDICT = 400

@@ -21,8 +21,8 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
 from kvtui.core.events import TokenReceived  # noqa: E402
-from kvtui.core.launch import prepare  # noqa: E402
-from kvtui.core.live import LiveSession  # noqa: E402
+from kvtui.core.run.live import LiveSession  # noqa: E402
+from kvtui.core.run.prepare import prepare  # noqa: E402
 
 
 async def capture(profile: Path, out: Path, kill_side: int | None = None, kill_after: int = 30) -> str:

@@ -10,13 +10,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KvtuiError
-from .gpu import make_probe, probe_devices
-from .locate import find_model, find_server
-from .plan import Plan, make_plan
-from .profiles import Profile, check_remote, load_profile
-from .server import Props
-from .session import SessionRecorder, default_record_path, host_info
+from kvtui.core.errors import KvtuiError
+from kvtui.core.profiles import Profile, check_remote, load_profile
+from kvtui.core.record.recorder import SessionRecorder, default_record_path, host_info
+from kvtui.core.run.memory import make_probe, probe_devices
+from kvtui.core.run.plan import Plan, make_plan
+from kvtui.core.server.attached import Props
+from kvtui.core.server.locate import find_model, find_server
 
 
 @dataclass

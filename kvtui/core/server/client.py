@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from .errors import KvtuiError
-from .profiles import Prompt, Sampling
-from .sse import DONE, SSEDecoder, SSEError
+from kvtui.core.errors import KvtuiError
+from kvtui.core.profiles import Prompt, Sampling
+from kvtui.core.server.sse import DONE, SSEDecoder, SSEError
 
 Clock = Callable[[], float]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .events import (
+from kvtui.core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
@@ -32,11 +32,11 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
-from .loops import LoopDetector, piece_key
-from .record import Run, SessionRecord
-from .session import SessionRecorder
-from .templates import TemplateDetector
-from .vocab import SessionStatus
+from kvtui.core.quality.loops import LoopDetector, piece_key
+from kvtui.core.quality.templates import TemplateDetector
+from kvtui.core.record.model import Run, SessionRecord
+from kvtui.core.record.recorder import SessionRecorder
+from kvtui.core.vocab import SessionStatus
 
 _ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, RequestSent: 4, MemorySampled: 5,
           TokenReceived: 6, LoopDetected: 7, PatternDetected: 7, RunFinished: 8, ErrorRaised: 9, ServerExited: 10,
@@ -79,7 +79,7 @@ def record_events(record: SessionRecord) -> list[Event]:
     """Rebuild the event stream of a record, in time order.
 
     Args:
-        record: a record as :func:`kvtui.core.record.read_record` returns it.
+        record: a record as :func:`kvtui.core.record.model.read_record` returns it.
 
     Returns:
         Events equal (tokens, order, timing) to the ones the live run emitted.

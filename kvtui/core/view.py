@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .events import (
+from kvtui.core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
@@ -27,9 +27,9 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
-from .metrics import RateMeter
-from .provenance import RanWith
-from .vocab import SideStatus
+from kvtui.core.logs.provenance import RanWith
+from kvtui.core.quality.figures import RateMeter
+from kvtui.core.vocab import SideStatus
 
 RATE_HISTORY = 120  # sparkline points kept per side
 BUCKET_S = 0.25  # the sparkline's time step: tokens per bucket of event time, not of screen time

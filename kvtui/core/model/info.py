@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gguf.constants import LlamaFileType
 
-from .ggufmeta import GGUFFormatError, read_metadata, tensor_bytes
+from kvtui.core.model.gguf import GGUFFormatError, read_metadata, tensor_bytes
 
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 

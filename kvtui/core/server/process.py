@@ -17,17 +17,16 @@ import secrets
 import signal
 import socket
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from .errors import ServerError
-from .locate import ServerBinary
-from .profiles import QUANTIZED_TYPES, Profile, Side
-from .provenance import RanWith, parse_ran_with
-from .serverlog import LogFacts, explain_failure, parse_log, tail
+from kvtui.core.errors import ServerError
+from kvtui.core.logs.failure import explain_failure, parse_log, tail
+from kvtui.core.logs.provenance import parse_ran_with
+from kvtui.core.profiles import QUANTIZED_TYPES, Profile, Side
+from kvtui.core.server.base import Ready, Server
+from kvtui.core.server.locate import ServerBinary
 
 _PR_SET_PDEATHSIG = 1
 
@@ -119,106 +118,6 @@ def _set_pdeathsig(parent: int | None = None) -> None:  # runs in the child betw
         pass
     if parent is not None and os.getppid() != parent:
         os._exit(1)
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """What a started server reports about itself."""
-
-    pid: int
-    load_s: float
-    n_ctx: int | None
-    build: str
-    facts: LogFacts
-    ran_with: RanWith | None = None
-
-
-class Server(ABC):
-    """What the runner needs from a side's llama-server, however it came to be.
-
-    ``LlamaServer`` (below) is a process kvtui starts and owns. A server
-    attached by URL, or one placed on a given GPU, is another subclass: the
-    runner only ever talks to this interface.
-    """
-
-    base_url: str
-    api_key: str
-    log_path: Path | None
-    _exit_reported: bool = False
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The HTTP headers every request to this server carries."""
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-    @property
-    @abstractmethod
-    def argv(self) -> list[str]:
-        """The command line as recorded (secrets masked); empty when kvtui did not start it."""
-
-    @property
-    @abstractmethod
-    def pid(self) -> int | None:
-        """The local process id, when there is a local process kvtui knows."""
-
-    @property
-    @abstractmethod
-    def started(self) -> bool:
-        """Whether it got as far as a running process (False: it could not even be spawned)."""
-
-    @property
-    @abstractmethod
-    def exit_code(self) -> int | None:
-        """The exit status once it has ended, else None."""
-
-    @property
-    def exited(self) -> bool:
-        """It was running and has ended."""
-        return self.exit_code is not None
-
-    @property
-    def alive(self) -> bool:
-        return self.started and not self.exited
-
-    @abstractmethod
-    async def start(self) -> None:
-        """Bring it up (spawn a process, or nothing for a server that is already running)."""
-
-    @abstractmethod
-    async def wait_ready(self, http: httpx.AsyncClient, timeout_s: float = 600.0) -> Ready:
-        """Wait until it serves; raise ServerError with cause and fix if it never will."""
-
-    @abstractmethod
-    async def wait_exit(self, timeout_s: float) -> bool:
-        """Give a dying server up to ``timeout_s`` to end; returns whether it has ended."""
-
-    @abstractmethod
-    async def stop(self, grace_s: float = 5.0) -> int | None:
-        """End it if kvtui owns it; returns the exit code where there is one."""
-
-    @abstractmethod
-    def failure(self) -> ServerError:
-        """Why it ended, with cause, fix and log tail (call once it has ended)."""
-
-    @abstractmethod
-    def log_text(self) -> str:
-        """Its log so far ("" where kvtui cannot see one)."""
-
-    @abstractmethod
-    def kill_now(self) -> None:
-        """Synchronous last resort (signal handlers, atexit)."""
-
-    def claim_exit_report(self) -> bool:
-        """True the first time an unexpected exit is to be reported, so it is reported once."""
-        if self._exit_reported or self.stopping:
-            return False
-        self._exit_reported = True
-        return True
-
-    @property
-    def stopping(self) -> bool:
-        """kvtui asked it to stop: its exit is expected."""
-        return False
 
 
 class LlamaServer(Server):
@@ -382,144 +281,3 @@ class LlamaServer(Server):
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(proc.pid, signal.SIGKILL)
-
-
-@dataclass(frozen=True, slots=True)
-class Props:
-    """What a running server says about itself in ``/props``."""
-
-    model_path: str
-    n_ctx: int | None
-    build: str
-    total_slots: int | None
-
-    @staticmethod
-    def parse(props: dict) -> Props:
-        settings = props.get("default_generation_settings") or {}
-        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
-        slots = props.get("total_slots")
-        return Props(str(props.get("model_path") or props.get("model_alias") or ""),
-                     n_ctx if isinstance(n_ctx, int) else None, str(props.get("build_info") or ""),
-                     slots if isinstance(slots, int) else None)
-
-
-def _own_addresses() -> set[str]:
-    """This machine's IP addresses (a URL with one of them is a local server, though not on loopback)."""
-    import psutil
-
-    try:
-        return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
-    except OSError:
-        return set()
-
-
-def local_pid(url: str) -> int | None:
-    """The process listening on ``url``'s port, when the URL is this machine's loopback and we may see it."""
-    from urllib.parse import urlsplit
-
-    import psutil
-
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    if host not in ("127.0.0.1", "localhost", "::1") and host not in _own_addresses():
-        return None  # another machine: its memory cannot be sampled from here
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError):
-        return None
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-            return int(c.pid)
-    return None
-
-
-class AttachedServer(Server):
-    """A llama-server that was already running: kvtui talks to it by URL and never stops it.
-
-    Its cache types cannot be read back (``/props`` does not report them): they
-    are taken as the profile declares them. Memory is sampled only where its
-    process is on this machine (found by the listening port).
-    """
-
-    def __init__(self, url: str, api_key: str = "") -> None:
-        self.base_url = url.rstrip("/")
-        self.api_key = api_key
-        self.log_path = None
-        self._pid = local_pid(self.base_url)
-        self.props: Props | None = None
-        self._gone = False
-
-    @property
-    def argv(self) -> list[str]:
-        return []
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def started(self) -> bool:
-        return True
-
-    @property
-    def exit_code(self) -> int | None:
-        return None  # not ours: kvtui never learns an exit status
-
-    @property
-    def alive(self) -> bool:
-        return not self._gone
-
-    async def start(self) -> None:
-        return None
-
-    async def wait_ready(self, http: httpx.AsyncClient, timeout_s: float = 600.0) -> Ready:
-        """Read /health and /props once (a server still loading is waited for)."""
-        t0 = time.monotonic()
-        while True:
-            try:
-                r = await http.get(self.base_url + "/health", headers=self.headers, timeout=5.0)
-            except httpx.HTTPError as exc:
-                raise ServerError(f"cannot reach the server at {self.base_url}: {exc.__class__.__name__}",
-                                  "start llama-server there first, or fix the side's url") from None
-            if r.status_code == 200:
-                break
-            if r.status_code != 503 or time.monotonic() - t0 > timeout_s:
-                raise ServerError(f"{self.base_url}/health answered HTTP {r.status_code}",
-                                  "check that the url is a llama-server and that it is healthy")
-            await asyncio.sleep(0.5)
-        try:
-            r = await http.get(self.base_url + "/props", headers=self.headers, timeout=5.0)
-        except httpx.HTTPError as exc:
-            raise ServerError(f"cannot read {self.base_url}/props: {exc.__class__.__name__}",
-                              "check the server is a llama-server") from None
-        if r.status_code == 401:
-            raise ServerError(f"{self.base_url} refused the API key (HTTP 401)",
-                              "set the side's api_key to the server's --api-key")
-        if r.status_code != 200:
-            raise ServerError(f"{self.base_url}/props answered HTTP {r.status_code}",
-                              "check that the url is a llama-server")
-        try:
-            self.props = Props.parse(r.json())
-        except ValueError:
-            raise ServerError(f"{self.base_url}/props is not JSON", "check that the url is a llama-server") from None
-        if self._pid is None:
-            self._pid = local_pid(self.base_url)
-        return Ready(self._pid or 0, time.monotonic() - t0, self.props.n_ctx, self.props.build, LogFacts((), None, ()))
-
-    async def wait_exit(self, timeout_s: float) -> bool:
-        return False
-
-    async def stop(self, grace_s: float = 5.0) -> int | None:
-        """Let go of it: it is no longer sampled or used, and it goes on running (kvtui did not start it)."""
-        self._gone = True
-        return None
-
-    def failure(self) -> ServerError:
-        return ServerError(f"the server at {self.base_url} stopped answering",
-                           "check that server (kvtui did not start it and cannot read its log)")
-
-    def log_text(self) -> str:
-        return ""
-
-    def kill_now(self) -> None:
-        return None

@@ -1,7 +1,7 @@
 """Is the comparison fair? What differs between two sides besides their cache types.
 
 A pure function of what each side ran with (its argv and what its log said,
-:mod:`kvtui.core.provenance`). Every other side is checked against side 0, as
+:mod:`kvtui.core.logs.provenance`). Every other side is checked against side 0, as
 comparisons and verdicts are; a pair with a reason is "not comparable" and its
 verdicts say so.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .provenance import RanWith, cpu_line_key, cpu_line_keys
-from .tomlmodel import key
-from .vocab import QUANTIZED_TYPES
+from kvtui.core.logs.provenance import RanWith, cpu_line_key, cpu_line_keys
+from kvtui.core.record.tomlmodel import key
+from kvtui.core.vocab import QUANTIZED_TYPES
 
 # CUDA flash-attention kernels of a default build (llama.cpp issues #28455, #27109, #24485): K type = V type, one of
 CUDA_FA_TYPES = ("f16", "q4_0", "q8_0", "bf16", "f32")

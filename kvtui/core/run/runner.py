@@ -19,10 +19,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import client
-from .checks import check_text
-from .errors import KvtuiError, ServerError
-from .events import (
+from kvtui.core.errors import KvtuiError, ServerError
+from kvtui.core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
@@ -42,14 +40,18 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
-from .loops import LoopDetector, piece_key
-from .plan import Plan
-from .profiles import Prompt
-from .record import RunAccumulator
-from .server import AttachedServer, LlamaServer, Server
-from .serverlog import tail
-from .templates import TemplateDetector
-from .vocab import Schedule
+from kvtui.core.logs.failure import tail
+from kvtui.core.profiles import Prompt
+from kvtui.core.quality.checks import check_text
+from kvtui.core.quality.loops import LoopDetector, piece_key
+from kvtui.core.quality.templates import TemplateDetector
+from kvtui.core.record.model import RunAccumulator
+from kvtui.core.run.plan import Plan
+from kvtui.core.server import client
+from kvtui.core.server.attached import AttachedServer
+from kvtui.core.server.base import Server
+from kvtui.core.server.process import LlamaServer
+from kvtui.core.vocab import Schedule
 
 Sink = Callable[[Event], None]
 WARMUP_TOKENS = 8
@@ -65,7 +67,7 @@ class Runner:
         plan: what to run.
         sink: called with every event, in order, on the event loop's thread.
         log_dir: where the servers' logs go.
-        probe: a memory probe with ``sample(pids)`` (``kvtui.core.gpu``), or None.
+        probe: a memory probe with ``sample(pids)`` (``kvtui.core.run.memory``), or None.
         clock: monotonic seconds; injectable for tests.
     """
 

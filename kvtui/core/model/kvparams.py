@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .ggufmeta import read_metadata
+from kvtui.core.model.gguf import read_metadata
 
 _UNVERIFIED = "from llama.cpp's source, not yet checked against a real server"
 

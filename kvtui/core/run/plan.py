@@ -13,13 +13,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import kvsize
-from .gpu import probe_devices
-from .locate import ServerBinary, help_flags, server_version
-from .modelinfo import ModelInfo, read_model_info
-from .profiles import Profile, Side
-from .server import _own_addresses, server_args, side_env
-from .vocab import Schedule
+from kvtui.core.model import kvsize
+from kvtui.core.model.info import ModelInfo, read_model_info
+from kvtui.core.profiles import Profile, Side
+from kvtui.core.run.memory import probe_devices
+from kvtui.core.server.attached import _own_addresses
+from kvtui.core.server.locate import ServerBinary, help_flags, server_version
+from kvtui.core.server.process import server_args, side_env
+from kvtui.core.vocab import Schedule
 
 COMPUTE_ALLOWANCE_MIB = 512.0  # compute + output buffers per server (grows with ctx and ubatch)
 HEADROOM = 0.9  # use at most 90% of the budget
@@ -174,7 +175,7 @@ def make_plan(profile: Profile, model_path: Path, binary: ServerBinary, *, mode:
         binary: the llama-server to run.
         mode: ``auto`` / ``parallel`` / ``sequential``; None takes the profile's.
         vram_budget_mib: pretend this much memory is free (planning tests, shared GPUs).
-        probe: a GPU probe (``kvtui.core.gpu``) or None for RAM only.
+        probe: a GPU probe (``kvtui.core.run.memory``) or None for RAM only.
     """
     info = read_model_info(model_path)
     known = help_flags(binary)

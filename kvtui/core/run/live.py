@@ -10,18 +10,18 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from .events import Event
-from .launch import Prepared
-from .plan import Plan
-from .runner import Runner
-from .session import SessionRecorder, default_record_path
+from kvtui.core.events import Event
+from kvtui.core.record.recorder import SessionRecorder, default_record_path
+from kvtui.core.run.plan import Plan
+from kvtui.core.run.prepare import Prepared
+from kvtui.core.run.runner import Runner
 
 
 class LiveSession:
     """Runs a prepared plan, records it, and fans its events out to ``sinks`` (an ``EventSource``).
 
     Args:
-        prepared: from :func:`kvtui.core.launch.prepare`.
+        prepared: from :func:`kvtui.core.run.prepare.prepare`.
     """
 
     def __init__(self, prepared: Prepared) -> None:

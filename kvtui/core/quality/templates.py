@@ -1,7 +1,7 @@
 """Template repetition: text stuck in one skeleton while only numbers or one word change.
 
 ``7 x 10 = 10``, ``7 x 11 = 10``, ``7 x 12 = 10``, ... never repeats a line, so the
-verbatim :mod:`kvtui.core.loops` detector rightly stays silent, yet a reader calls
+verbatim :mod:`kvtui.core.quality.loops` detector rightly stays silent, yet a reader calls
 the model stuck. This module finds that shape and reports it as a *quiet* signal
 (a pattern, not a failure): the same shape also describes a multiplication table
 someone asked for, a run of similar test functions or a dispatch table, and
@@ -13,7 +13,7 @@ How it reads the text (a finished reply or a stream, the same way):
   run of letters and ``_``), a run of spaces, a line break, or one symbol. Each lexeme
   gets a *shape*: every number is ``#``, every word is ``W``, the rest stay
   themselves. A template is a tail whose shapes repeat with a fixed period, found by
-  running :class:`~kvtui.core.loops.LoopDetector` on the shapes. The period is in
+  running :class:`~kvtui.core.quality.loops.LoopDetector` on the shapes. The period is in
   lexemes, so one unit covers a line (``7 x # = #\\n``), a block of lines (an
   ``elif``/``return`` pair), a sentence among others on one line (``Add W and
   stir.``) and an item inside a line (``*p#,``); ``lines`` in the result says how
@@ -47,8 +47,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .loops import LoopDetector
-from .tomlmodel import key
+from kvtui.core.quality.loops import LoopDetector
+from kvtui.core.record.tomlmodel import key
 
 MIN_REPEATS = 8  # whole cycles of the skeleton in a row
 MIN_INLINE_CHARS = 160  # characters a run of cycles inside one line must cover (two 80-column lines)
@@ -80,7 +80,7 @@ class TemplateDetector:
     Only whole lexemes are judged: a piece that ends inside a number or a word waits
     for the next piece, so the answer does not depend on how the text was tokenized.
     It keeps the lexemes it has read, so memory grows with the stream (as for
-    :class:`~kvtui.core.loops.LoopDetector`).
+    :class:`~kvtui.core.quality.loops.LoopDetector`).
 
     Args:
         min_repeats: whole cycles needed.

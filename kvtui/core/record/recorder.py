@@ -1,6 +1,6 @@
 """The session recorder: an event consumer that builds the session record and keeps it saved.
 
-The record (:mod:`kvtui.core.record`) is built only from events, so a live run
+The record (:mod:`kvtui.core.record.model`) is built only from events, so a live run
 and a replay record the same thing. It is written atomically with mode 0600,
 since it holds the prompt, and autosaved while a run goes on, with the tokens of
 runs still streaming (saved as aborted), so a kill loses at most a few seconds.
@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from .errors import RecordError
-from .events import (
+from kvtui import __version__
+from kvtui.core.errors import RecordError
+from kvtui.core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
@@ -34,7 +34,7 @@ from .events import (
     TokenReceived,
     WarmupDone,
 )
-from .record import (  # noqa: F401 - read_record, write_record and SCHEMA are used through this module too
+from kvtui.core.record.model import (  # noqa: F401 - read_record, write_record and SCHEMA are used through this module too
     SCHEMA,
     Host,
     Model,
@@ -46,7 +46,7 @@ from .record import (  # noqa: F401 - read_record, write_record and SCHEMA are u
     read_record,
     write_record,
 )
-from .vocab import ENDED, SessionStatus, SideStatus, session_status
+from kvtui.core.vocab import ENDED, SessionStatus, SideStatus, session_status
 
 AUTOSAVE_S = 3.0
 MEMORY_SERIES_S = 1.0  # one stored memory sample per second per side
@@ -183,7 +183,7 @@ class SessionRecorder:
 
     def _derive(self) -> None:
         """Divergence between sides and paired verdicts: computed from the runs when the session (or a rerun) ends."""
-        from .summary import divergences, fairness, reply_loop, verdict_records
+        from kvtui.core.quality.summary import divergences, fairness, reply_loop, verdict_records
 
         self.record.fairness = fairness(self.record)  # before any verdict: a flagged pair's verdicts say so
         self.record.comparisons = divergences(self.record)
@@ -264,8 +264,8 @@ def profile_from_record(path: str | Path) -> tuple[Any, str | None]:
     Raises:
         RecordError: the record is unreadable or holds no valid profile.
     """
-    from .errors import ProfileError
-    from .profiles import parse_profile
+    from kvtui.core.errors import ProfileError
+    from kvtui.core.profiles import parse_profile
 
     record = read_record(path)
     raw = record.profile

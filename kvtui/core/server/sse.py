@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import KvtuiError
+from kvtui.core.errors import KvtuiError
 
 DONE = object()  # the OpenAI end-of-stream marker
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .vocab import CACHE_TYPES
+from kvtui.core.vocab import CACHE_TYPES
 
 _KV_RE = re.compile(
     r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers,\s+(\d+)/(\d+) seqs\), "

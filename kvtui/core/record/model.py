@@ -3,7 +3,7 @@
 A record is a :class:`SessionRecord` holding :class:`Side` s, each holding :class:`Run` s. Every key is
 declared once, below, with its type, default and meaning: reading checks each value against its type
 (a one-line ``RecordError`` naming the key), writing leaves out what is unknown (TOML has no null), and
-the README's key table is the same declarations (``python -m kvtui.core.record``). A
+the README's key table is the same declarations (``python -m kvtui.core.record.model``). A
 :class:`RunAccumulator` builds a run while it streams (the runner's, and the recorder's for autosaves).
 
 ``kvtui.session/2`` adds each run's ``schedule`` and the loop's text; a ``kvtui.session/1`` record is
@@ -25,14 +25,14 @@ from typing import Any, Literal
 
 import tomli_w
 
-from .checks import TaskCheck
-from .errors import RecordError
-from .fairness import Fairness
-from .loops import Loop
-from .provenance import RanWith
-from .templates import TemplateRepeat
-from .tomlmodel import dump, key, load, markdown_table
-from .vocab import FAILED, Schedule, SessionStatus, SideStatus, StopReason
+from kvtui.core.errors import RecordError
+from kvtui.core.logs.provenance import RanWith
+from kvtui.core.quality.checks import TaskCheck
+from kvtui.core.quality.fairness import Fairness
+from kvtui.core.quality.loops import Loop
+from kvtui.core.quality.templates import TemplateRepeat
+from kvtui.core.record.tomlmodel import dump, key, load, markdown_table
+from kvtui.core.vocab import FAILED, Schedule, SessionStatus, SideStatus, StopReason
 
 SCHEMA = "kvtui.session/2"
 SCHEMA_V1 = "kvtui.session/1"

@@ -21,13 +21,13 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .divergence import compare as compare_runs
-from .fairness import Fairness, SideFacts, check_sides
-from .loops import piece_key
-from .metrics import Spread, pct_change, spread
-from .record import Comparison, Run, SessionRecord, Side, Verdict
-from .stats import PairedVerdict, paired_pass, paired_speed
-from .vocab import CLEAN_STOPS, Schedule, StopReason
+from kvtui.core.quality.divergence import compare as compare_runs
+from kvtui.core.quality.fairness import Fairness, SideFacts, check_sides
+from kvtui.core.quality.figures import Spread, pct_change, spread
+from kvtui.core.quality.loops import piece_key
+from kvtui.core.quality.paired import PairedVerdict, paired_pass, paired_speed
+from kvtui.core.record.model import Comparison, Run, SessionRecord, Side, Verdict
+from kvtui.core.vocab import CLEAN_STOPS, Schedule, StopReason
 
 
 def kind(schedule: Schedule | str | None) -> str:
@@ -136,7 +136,7 @@ def reply_loop(runs: list[Run], min_run: int = 3) -> tuple[int, int] | None:
     The turn-level loop of a stuck model (the same short reply whatever it is asked). Repeats of one
     prompt are expected to agree, so a window must span at least two different prompts to count.
     """
-    from .loops import replies_loop
+    from kvtui.core.quality.loops import replies_loop
 
     start = 0
     while start < len(runs):
@@ -281,7 +281,7 @@ def comparisons(record: SessionRecord, with_runs_only: bool = False) -> list[Sid
 
 
 def fairness(record: SessionRecord) -> list[Fairness]:
-    """Each other side against side 0: what differs besides the cache (see :mod:`kvtui.core.fairness`)."""
+    """Each other side against side 0: what differs besides the cache (see :mod:`kvtui.core.quality.fairness`)."""
     return check_sides([SideFacts(s.name, s.cache_type_k, s.cache_type_v, s.argv, s.ran_with, s.n_ctx)
                         for s in record.sides])
 

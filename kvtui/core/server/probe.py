@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 
-from .errors import ServerError
-from .locate import ServerBinary, help_flags
-from .profiles import Profile, Side
-from .provenance import RanWith, cpu_line_key, cpu_line_keys
-from .server import LlamaServer, server_args, side_env
+from kvtui.core.errors import ServerError
+from kvtui.core.logs.provenance import RanWith, cpu_line_key, cpu_line_keys
+from kvtui.core.profiles import Profile, Side
+from kvtui.core.server.locate import ServerBinary, help_flags
+from kvtui.core.server.process import LlamaServer, server_args, side_env
 
 PROBE_PAIRS: tuple[tuple[str, str], ...] = (
     ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("bf16", "bf16"),

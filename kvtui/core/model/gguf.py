@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.constants import GGUFValueType as T
 
-from .errors import KvtuiError
+from kvtui.core.errors import KvtuiError
 
 _SCALARS: dict[int, str] = {
     T.UINT8: "<B", T.INT8: "<b", T.UINT16: "<H", T.INT16: "<h", T.UINT32: "<I", T.INT32: "<i",

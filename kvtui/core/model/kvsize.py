@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KvtuiError
-from .kvparams import KvParams, params_from_metadata, read_kv_params
-from .modelinfo import model_bytes
-from .vocab import CACHE_TYPES as _CACHE_TYPES
+from kvtui.core.errors import KvtuiError
+from kvtui.core.model.info import model_bytes
+from kvtui.core.model.kvparams import KvParams, params_from_metadata, read_kv_params
+from kvtui.core.vocab import CACHE_TYPES as _CACHE_TYPES
 
 __all__ = [
     "CACHE_TYPES", "KvEstimate", "KvParams", "KvPart", "estimate_from_params", "estimate_kv_mib",

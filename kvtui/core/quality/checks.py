@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .tomlmodel import dump, key
+from kvtui.core.record.tomlmodel import dump, key
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$", re.M)
 _EXTENSIONS = "py|js|ts|go|rs|java|c|cc|cpp|h|hpp|rb|sh|toml|ya?ml|json|md|txt|cfg|ini"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .tomlmodel import key
+from kvtui.core.record.tomlmodel import key
 
 _CONSTRUCT = "llama_context: constructing llama_context"
 _BUILD_RE = re.compile(r"build[: ]\s*(\d+) \((\w+)\)")

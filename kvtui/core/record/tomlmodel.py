@@ -17,7 +17,7 @@ import typing
 from enum import Enum
 from typing import Any, TypeVar
 
-from .errors import RecordError
+from kvtui.core.errors import RecordError
 
 T = TypeVar("T")
 EDITED = "the record was edited by hand or is damaged"
