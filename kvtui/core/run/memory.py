@@ -361,3 +361,4 @@ def _rss_mib(pid: int) -> float | None:
         return psutil.Process(pid).memory_info().rss / MIB
     except (psutil.Error, ValueError, OSError):  # gone, a zombie, not ours to read, or a bad PID
         return None
+

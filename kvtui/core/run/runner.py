@@ -23,10 +23,6 @@ from kvtui.core.errors import KvtuiError, ServerError
 from kvtui.core.events import (
     ErrorRaised,
     Event,
-    LoopDetected,
-    MemorySampled,
-    PatternDetected,
-    PromptProgress,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -37,16 +33,15 @@ from kvtui.core.events import (
     SideFinished,
     SideInfo,
     SideWaiting,
-    TokenReceived,
     WarmupDone,
 )
 from kvtui.core.logs.failure import tail
 from kvtui.core.profiles import Prompt
 from kvtui.core.quality.checks import check_text
-from kvtui.core.quality.loops import LoopDetector, piece_key
-from kvtui.core.quality.templates import TemplateDetector
 from kvtui.core.record.model import RunAccumulator
 from kvtui.core.run.plan import Plan
+from kvtui.core.run.request import RequestContext, stream_request
+from kvtui.core.run.sampling import sample_memory
 from kvtui.core.server import client
 from kvtui.core.server.attached import AttachedServer
 from kvtui.core.server.base import Server
@@ -56,8 +51,6 @@ from kvtui.core.vocab import Schedule
 Sink = Callable[[Event], None]
 WARMUP_TOKENS = 8
 WARMUP_CHARS = 8000  # the warm-up sends at most this much of the prompt (a couple of thousand tokens)
-MEMORY_INTERVAL_S = 0.5
-PROGRESS_TICK_S = 1.0  # elapsed-time reports while a prompt is processed, where the build sends no progress
 
 
 class Runner:
@@ -366,59 +359,12 @@ class Runner:
 
     async def _consume(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
                        result: client.StreamResult) -> None:
-        detector = LoopDetector()
-        stop_on_loop = self.plan.profile.run.stop_on_loop
         assert self._http is not None
-        heard = False  # the server sent a prompt_progress
-
-        def on_progress(p: client.Progress) -> None:
-            nonlocal heard
-            heard = True
-            t = self.now()
-            self.emit(PromptProgress(t, i, run, round(t - acc.t_sent, 3), p.total, p.processed, p.cache,
-                                     _r(p.tokens_per_second), _r(p.eta_s)))
-
-        async def tick() -> None:  # where the build sends no progress: the time the prompt has taken so far
-            while True:
-                await asyncio.sleep(PROGRESS_TICK_S)
-                if not heard:
-                    t = self.now()
-                    self.emit(PromptProgress(t, i, run, round(t - acc.t_sent, 3)))
-
-        ticker = asyncio.create_task(tick())
-        try:
-            await self._stream_run(i, run, srv, path, body, acc, result, detector, stop_on_loop, on_progress, ticker)
-        finally:
-            ticker.cancel()
-
-    async def _stream_run(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
-                          result: client.StreamResult, detector: LoopDetector, stop_on_loop: bool,
-                          on_progress: Callable[[client.Progress], None], ticker: asyncio.Task[None]) -> None:
-        assert self._http is not None
-        patterns = TemplateDetector()
-        async for piece in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
-                                         stall_timeout_s=self.plan.profile.run.stall_timeout_s,
-                                         clock=self.now, result=result, on_progress=on_progress):
-            ticker.cancel()  # the prompt is done once a token comes
-            if i in self._aborted:  # belt and braces: an abort stops the stream at the next piece at the latest
-                raise asyncio.CancelledError
-            acc.add(piece.t, piece.n, piece.text, piece.token_id, piece.top)
-            self.emit(TokenReceived(piece.t, i, run, piece.n, piece.text, piece.token_id))
-            pattern = patterns.feed(piece.text)
-            if pattern is not None and (acc.pattern is None or (pattern.skeleton, pattern.repeats) != (
-                    acc.pattern.skeleton, acc.pattern.repeats)):
-                acc.pattern = pattern
-                self.emit(PatternDetected(self.now(), i, run, pattern.skeleton, pattern.repeats, pattern.start,
-                                          pattern.lines))
-            key = piece.token_id if piece.token_id is not None else piece_key(piece.text)
-            if key is not None:
-                found = detector.feed(key, piece.text)
-                if found is not None and (acc.loop is None or found.repeats != acc.loop.repeats):
-                    acc.loop = found
-                    self._set(i, "looping")
-                    self.emit(LoopDetected(self.now(), i, run, found.period, found.start, found.repeats, found.text))
-                    if stop_on_loop:
-                        raise asyncio.CancelledError  # closes the stream: the server stops generating
+        ctx = RequestContext(i, run, self.emit, self.now, aborted=lambda: i in self._aborted,
+                             on_loop=lambda: self._set(i, "looping"),
+                             stall_timeout_s=self.plan.profile.run.stall_timeout_s,
+                             stop_on_loop=self.plan.profile.run.stop_on_loop)
+        await stream_request(self._http, srv, path, body, acc, result, ctx)
 
     def _emit_run(self, i: int, acc: RunAccumulator, result: client.StreamResult, prompt: Prompt) -> None:
         check = check_text(acc.text, expected=prompt.expected or None, regex=prompt.expected_regex or None)
@@ -429,28 +375,9 @@ class Runner:
     # -- memory ---------------------------------------------------------------------------------
 
     async def _sample_memory(self) -> None:
-        """Sample each live server's memory in a worker thread, never two polls at once."""
-        if self.probe is None:
-            return
-        source = getattr(self.probe, "source", "rss")
-        while True:
-            await asyncio.sleep(MEMORY_INTERVAL_S)
-            pids = {i: s.pid for i, s in self.servers.items()
-                    if s.pid is not None and s.alive}
-            if not pids:
-                continue
-            try:
-                sample = await asyncio.to_thread(self.probe.sample, list(pids.values()))  # type: ignore[attr-defined]
-            except Exception:  # a probe that fails gives no reading, never a crash
-                continue
-            for i, pid in pids.items():
-                own = sample.device_of(pid) if hasattr(sample, "device_of") else None
-                if own is not None:  # each side against its own GPU (they may be on different ones)
-                    name, total, used = own
-                else:
-                    name, total, used = sample.device_name, sample.device_total_mib, sample.device_used_mib
-                self.emit(MemorySampled(self.now(), i, source, _r(sample.per_pid.get(pid)), _r(total), _r(used),
-                                        name))
+        if self.probe is not None:
+            await sample_memory(self.probe, lambda: {i: s.pid for i, s in self.servers.items()
+                                                     if s.pid is not None and s.alive}, self.emit, self.now)
 
     def _set(self, i: int, status: str) -> None:
         self.status[i] = status
@@ -463,9 +390,6 @@ class Runner:
             return "aborted"
         return "done"
 
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 3)
 
 
 def _slug(name: str) -> str:
