@@ -23,6 +23,7 @@ from kvtui.core.quality.checks import check_text
 from kvtui.core.quality.fairness import Fairness
 from kvtui.core.quality.loops import Loop
 from kvtui.core.quality.templates import TemplateRepeat
+from kvtui.core.record.accumulator import RunAccumulator
 from kvtui.core.record.model import (
     CUT_SHORT,
     SCHEMA,
@@ -31,7 +32,6 @@ from kvtui.core.record.model import (
     Model,
     ReplyLoop,
     Run,
-    RunAccumulator,
     Server,
     SessionRecord,
     Side,

@@ -34,12 +34,12 @@ from kvtui.core.events import (
     TokenReceived,
     WarmupDone,
 )
+from kvtui.core.record.accumulator import RunAccumulator
 from kvtui.core.record.model import (  # noqa: F401 - read_record, write_record and SCHEMA are used through this module too
     SCHEMA,
     Host,
     Model,
     ReplyLoop,
-    RunAccumulator,
     Server,
     SessionRecord,
     Side,

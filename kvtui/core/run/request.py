@@ -16,7 +16,7 @@ import httpx
 from kvtui.core.events import Event, LoopDetected, PatternDetected, PromptProgress, TokenReceived
 from kvtui.core.quality.loops import LoopDetector, piece_key
 from kvtui.core.quality.templates import TemplateDetector
-from kvtui.core.record.model import RunAccumulator
+from kvtui.core.record.accumulator import RunAccumulator
 from kvtui.core.server import client
 from kvtui.core.server.base import Server
 

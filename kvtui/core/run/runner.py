@@ -38,7 +38,7 @@ from kvtui.core.events import (
 from kvtui.core.logs.failure import tail
 from kvtui.core.profiles import Prompt
 from kvtui.core.quality.checks import check_text
-from kvtui.core.record.model import RunAccumulator
+from kvtui.core.record.accumulator import RunAccumulator
 from kvtui.core.run.plan import Plan
 from kvtui.core.run.request import RequestContext, stream_request
 from kvtui.core.run.sampling import sample_memory
