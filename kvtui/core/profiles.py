@@ -8,16 +8,13 @@ key gets a "did you mean" hint.
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import ipaddress
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvtui.core.errors import ProfileError
+from kvtui.core.tablecheck import Checker, show_value
 from kvtui.core.vocab import CACHE_TYPES as _CACHE_BLOCKS
 from kvtui.core.vocab import QUANTIZED_TYPES, Schedule
 
@@ -186,79 +183,6 @@ _SAMPLING = {"temperature": ((int, float), None), "seed": (int, None), "top_k": 
 _RUN = {"warmup": (bool, None), "repeats": (int, None), "mode": (str, MODES), "schedule": (str, SCHEDULES),
         "stop_on_loop": (bool, None), "stall_timeout_s": ((int, float), None)}
 
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
-               dict: "a table", (int, float): "a number"}
-
-
-class _Checker:
-    """Walks one table against its schema, raising ProfileError with file and key."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, message: str, hint: str = "") -> ProfileError:
-        return ProfileError(_one_line(f"{self.source}: {key}: {message}"), _one_line(hint))
-
-    def table(self, data: Any, schema: dict[str, tuple[Any, Any]], where: str) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            raise self.fail(where or "(top level)", f"expected a table, got {_show(data)}")
-        for key, value in data.items():
-            full = f"{where}.{key}" if where else key
-            if key not in schema:
-                close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
-                hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(schema)}"
-                raise self.fail(full, "unknown key", hint)
-            kind, allowed = schema[key]
-            if not _is(value, kind):
-                raise self.fail(full, f"expected {_TYPE_NAMES.get(kind, kind)}, got {_show(value)}",
-                                _type_hint(key, value, kind))
-            if isinstance(value, float) and not math.isfinite(value):
-                raise self.fail(full, f"{value} is not a finite number")
-            if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
-                raise self.fail(full, f"{_show(value)} is out of range", "TOML integers are 64-bit")
-            if allowed is not None and value not in allowed:
-                raise self.fail(full, f"{_show(value)} is not allowed", f"allowed: {', '.join(allowed)}")
-        return data
-
-    def strings(self, value: list[Any], where: str) -> tuple[str, ...]:
-        for item in value:
-            if not isinstance(item, str):
-                raise self.fail(where, f"expected a list of strings, got an item {_show(item)}")
-        return tuple(value)
-
-    def positive(self, value: int | float, where: str, minimum: float = 1) -> None:
-        if value < minimum:
-            raise self.fail(where, f"{value} is too small", f"use {minimum:g} or more")
-
-
-def _type_hint(key: str, value: Any, kind: Any) -> str:
-    """What to write instead: ``n_predict = "160"`` -> ``write n_predict = 160 (no quotes)``."""
-    if isinstance(value, str) and kind in (int, (int, float)):
-        with contextlib.suppress(ValueError):
-            return f"write {key} = {int(value) if kind is int else float(value):g} (no quotes)"
-    if isinstance(value, str) and kind is bool and value.lower() in ("true", "false"):
-        return f"write {key} = {value.lower()} (no quotes)"
-    if kind is str and not isinstance(value, dict | list):
-        return f'write {key} = "{value}" (in quotes)'
-    return f"give {_TYPE_NAMES.get(kind, kind)} here"
-
-
-def _is(value: Any, kind: Any) -> bool:
-    if isinstance(value, bool):  # bool is an int in Python; TOML keeps them apart
-        return kind is bool
-    return isinstance(value, kind)
-
-
-def _one_line(text: str) -> str:
-    """Keys and values from the file may hold newlines or other control characters: show them escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f'"{value}"'
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Path | None = None) -> Profile:
     """Validate parsed TOML data and build a Profile.
 
@@ -273,7 +197,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     Raises:
         ProfileError: naming the file, the key, the bad value and what is allowed.
     """
-    c = _Checker(source)
+    c = Checker(source)
     c.table(data, _TOP, "")
     model = _section(c, data, "model", _MODEL)
     server = _section(c, data, "server", _SERVER)
@@ -301,7 +225,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
                                  f"remove {key}, or remove url to let kvtui start this side's server")
         if raw.get("gpus") and not all(p.strip().isdigit() or p.strip().startswith("GPU-")
                                        for p in raw["gpus"].split(",")):
-            raise c.fail(f"{where}.gpus", f"{_show(raw['gpus'])} is not a list of GPU indices",
+            raise c.fail(f"{where}.gpus", f"{show_value(raw['gpus'])} is not a list of GPU indices",
                          'write gpus = "1" (or "0,1"), as CUDA_VISIBLE_DEVICES takes it')
         sides.append(Side(name, raw["cache_type_k"], raw["cache_type_v"],
                           c.strings(raw["extra_args"], f"{where}.extra_args") if "extra_args" in raw else (),
@@ -347,19 +271,19 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     return profile
 
 
-def _check_url(c: _Checker, url: str, where: str) -> None:
+def _check_url(c: Checker, url: str, where: str) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise c.fail(where, f"{_show(url)} is not an http URL", 'write url = "http://127.0.0.1:8081"')
+        raise c.fail(where, f"{show_value(url)} is not an http URL", 'write url = "http://127.0.0.1:8081"')
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise c.fail(where, f"{_show(url)} has a bad port", 'write url = "http://127.0.0.1:8081"') from None
+        raise c.fail(where, f"{show_value(url)} has a bad port", 'write url = "http://127.0.0.1:8081"') from None
 
 
-def _section(c: _Checker, data: dict[str, Any], key: str, schema: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+def _section(c: Checker, data: dict[str, Any], key: str, schema: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
     """A checked table of the profile (empty when the file leaves it out)."""
     return c.table(data[key] if key in data else {}, schema, key)
 
@@ -369,7 +293,7 @@ def _floats(table: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: float(v) if k in keys else v for k, v in table.items()}
 
 
-def _parse_prompt(c: _Checker, raw: Any, where: str, base_dir: Path | None, k: int) -> Prompt:
+def _parse_prompt(c: Checker, raw: Any, where: str, base_dir: Path | None, k: int) -> Prompt:
     prompt = c.table(raw, _PROMPT, where)
     if "text" in prompt and "file" in prompt:
         raise c.fail(where, "give either text or file, not both")
@@ -435,60 +359,6 @@ def load_profile(path: str | Path) -> Profile:
                            f"run the same comparison again with `kvtui run --from {p}`, or watch it with "
                            f"`kvtui replay {p}`")
     return parse_profile(data, source=str(p), base_dir=p.parent)
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def remote_hosts(profile: Profile) -> list[tuple[str, str]]:
-    """(key, host) for each ``--host`` in the extra_args that is not a loopback address.
-
-    kvtui starts every server with ``--host 127.0.0.1``; a later ``--host`` in
-    extra_args (``--host X`` or ``--host=X``) would override it.
-    """
-    found = []
-    lists = [("server.extra_args", profile.extra_args)]
-    lists += [(f"sides[{i}].extra_args", s.extra_args) for i, s in enumerate(profile.sides)]
-    for where, args in lists:
-        for j, arg in enumerate(args):
-            if arg == "--host":
-                host = args[j + 1] if j + 1 < len(args) else ""
-            elif arg.startswith("--host="):
-                host = arg.partition("=")[2]
-            else:
-                continue
-            if not _is_loopback(host):
-                found.append((where, host))
-    from urllib.parse import urlsplit
-
-    for i, s in enumerate(profile.sides):
-        if s.url and not _is_loopback(urlsplit(s.url).hostname or ""):
-            found.append((f"sides[{i}].url", urlsplit(s.url).hostname or ""))
-    return found
-
-
-def check_remote(profile: Profile, allow_remote: bool = False) -> None:
-    """Refuse extra_args that would make a server listen beyond loopback, unless ``allow_remote``.
-
-    Raises:
-        ProfileError: naming the file, the key and the host.
-    """
-    bad = remote_hosts(profile)
-    if bad and not allow_remote:
-        where, host = bad[0]
-        if where.endswith(".url"):
-            raise ProfileError(_one_line(f"{profile.source or '<profile>'}: {where}: {host} is another machine: kvtui "
-                                         "would send prompts (and the API key) over the network"),
-                               "pass --allow-remote to attach to a server on another machine")
-        raise ProfileError(_one_line(f"{profile.source or '<profile>'}: {where}: --host {host or '(empty)'} would let "
-                                     "other machines reach llama-server"),
-                           "remove it (kvtui keeps its servers on 127.0.0.1), or pass --allow-remote to accept that")
 
 
 def default_profile_path() -> Path:

@@ -37,9 +37,10 @@ import tomli_w
 from kvtui.cli import main
 from kvtui.core.errors import KvtuiError, ProfileError
 from kvtui.core.events import TokenReceived
-from kvtui.core.profiles import check_remote, load_profile
+from kvtui.core.profiles import load_profile
 from kvtui.core.record.model import SessionRecord, Side
 from kvtui.core.record.recorder import default_record_path, read_record, write_record
+from kvtui.core.remote import check_remote
 from kvtui.core.run.prepare import check_writable, prepare
 from kvtui.core.run.runner import Runner
 from kvtui.core.server.locate import help_flags

@@ -29,11 +29,11 @@ from kvtui.core.profiles import (
     FLASH_ATTN,
     MODES,
     SCHEDULES,
-    check_remote,
     load_profile,
     parse_profile,
 )
 from kvtui.core.record.recorder import read_record
+from kvtui.core.remote import check_remote
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sessions"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -15,7 +15,8 @@ from test_plan import gemma, no_server  # noqa: F401 - fixtures
 
 from kvtui.core.errors import ProfileError
 from kvtui.core.events import PromptProgress, RequestSent, SessionStarted, SideInfo, TokenReceived
-from kvtui.core.profiles import Prompt, Sampling, Side, check_remote, parse_profile
+from kvtui.core.profiles import Prompt, Sampling, Side, parse_profile
+from kvtui.core.remote import check_remote
 from kvtui.core.run import plan
 from kvtui.core.run.memory import GpuDevice, NvmlProbe
 from kvtui.core.run.plan import HEADROOM, gpu_index, make_plan

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvtui.core.errors import KvtuiError
-from kvtui.core.profiles import Profile, check_remote, load_profile
+from kvtui.core.profiles import Profile, load_profile
 from kvtui.core.record.recorder import SessionRecorder, default_record_path, host_info
+from kvtui.core.remote import check_remote
 from kvtui.core.run.memory import make_probe, probe_devices
 from kvtui.core.run.plan import Plan, make_plan
 from kvtui.core.server.attached import Props
