@@ -42,6 +42,7 @@ from kvtui.core.record.model import (
 )
 from kvtui.core.record.recorder import SessionRecorder
 from kvtui.core.record.tomlmodel import describe
+from kvtui.core.server.wire import Timings, read_json
 
 REPO = Path(__file__).resolve().parents[2]
 SESSIONS = REPO / "tests" / "data" / "sessions"
@@ -226,8 +227,8 @@ def test_accumulator_builds_the_run() -> None:
     acc.add(10.1, 1, "a", 5, ((5, -0.1),))
     acc.add(10.3, 3, "bc", 6, ((6, -0.2),))
     acc.add(10.5, 5, "d", None, ((7, -0.3),))
-    run = acc.finish(11.0, "length", timings={"prompt_n": 9, "prompt_per_second": 100.0, "predicted_n": 5,
-                                              "predicted_per_second": 9.8765}, check=check_text("abcd"))
+    timings = Timings(prompt_n=9, prompt_per_second=100.0, predicted_n=5, predicted_per_second=9.8765)
+    run = acc.finish(11.0, "length", timings=timings, check=check_text("abcd"))
     assert (run.run, run.prompt, run.repeat, run.seed, run.schedule) == (2, "p", 1, 43, "simultaneous")
     assert run.text == "abcd" and run.pieces == ("a", "bc", "d") and run.ids == (5, 6, -1) and run.counts == (1, 3, 5)
     assert run.t_ms == (100.0, 300.0, 500.0) and run.ttft_ms == pytest.approx(100.0)
@@ -246,7 +247,8 @@ def test_accumulator_cut_short_and_without_timings() -> None:
 
 def test_accumulator_ignores_timings_of_the_wrong_type() -> None:
     """The server's JSON is outside kvtui: what cannot be a number is left out, so the record stays readable."""
-    run = RunAccumulator(0, 1.0).finish(2.0, "eos", timings={"prompt_n": "9", "predicted_per_second": [1]})
+    timings = read_json(Timings, {"prompt_n": "9", "predicted_per_second": [1]})
+    run = RunAccumulator(0, 1.0).finish(2.0, "eos", timings=timings)
     assert run.prompt_n is None and run.predicted_per_second is None and run.predicted_n == 0
 
 

@@ -63,7 +63,7 @@ def test_completion_counts_tokens_not_chunks() -> None:
     assert "".join(p.text for p in pieces) == " the日"
     assert pieces[2].token_id == 99
     assert parser.finished and parser.result.stop == "eos"
-    assert parser.result.timings["predicted_n"] == 7
+    assert parser.result.timings.predicted_n == 7
 
 
 def test_completion_limit_and_progress_chunks() -> None:
@@ -99,7 +99,7 @@ def test_chat_stream_role_event_usage_and_done() -> None:
     assert [p.text for p in pieces] == [" hello", " world"]
     assert [p.n for p in pieces] == [1, 3]
     assert parser.finished and parser.result.stop == "length"
-    assert parser.result.timings["predicted_per_second"] == 50.0
+    assert parser.result.timings.predicted_per_second == 50.0
 
 
 def test_error_payload_mid_stream() -> None:

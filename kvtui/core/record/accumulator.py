@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Protocol
 
 from kvtui.core.quality.checks import TaskCheck
 from kvtui.core.quality.loops import Loop
 from kvtui.core.quality.templates import TemplateRepeat
 from kvtui.core.record.model import CUT_SHORT, Run, _int, _r
 from kvtui.core.vocab import Schedule, StopReason
+
+
+class ServerTimings(Protocol):
+    """The server's own figures of a request, as ``kvtui.core.server.wire.Timings`` reads them."""
+
+    prompt_n: int | None
+    prompt_per_second: float | None
+    predicted_n: int | None
+    predicted_per_second: float | None
 
 
 class RunAccumulator:
@@ -52,18 +60,17 @@ class RunAccumulator:
     def text(self) -> str:
         return "".join(self.pieces)
 
-    def finish(self, t_end: float | None, stop: StopReason | str, *, timings: Mapping[str, Any] | None = None,
+    def finish(self, t_end: float | None, stop: StopReason | str, *, timings: ServerTimings | None = None,
                error: str | None = None, check: TaskCheck | None = None) -> Run:
         """The run as recorded.
 
         Args:
             t_end: when it ended (None: unknown, a run cut short by kvtui's end).
             stop: why.
-            timings: the server's ``timings`` object, when it sent one.
+            timings: the server's own figures (``kvtui.core.server.wire.Timings``), when it sent them.
             error: what went wrong.
             check: the task check of its text.
         """
-        timings = timings or {}
         ttft = (self.first[0] - self.t_sent) * 1000 if self.first else None
         client = None
         if self.first and self.last and self.last[0] > self.first[0]:
@@ -71,10 +78,11 @@ class RunAccumulator:
         tops = self.tops if self.tops and len(self.tops) == len(self.pieces) else []
         return Run(
             run=self.run, stop=StopReason(stop), schedule=self.schedule, prompt=self.prompt, repeat=self.repeat,
-            seed=self.seed, prompt_n=_int(timings.get("prompt_n")),
-            prompt_per_second=_r(timings.get("prompt_per_second")),
-            predicted_n=_int(timings.get("predicted_n", self.last[1] if self.last else 0)),
-            predicted_per_second=_r(timings.get("predicted_per_second")), ttft_ms=_r(ttft),
+            seed=self.seed, prompt_n=_int(timings.prompt_n if timings else None),
+            prompt_per_second=_r(timings.prompt_per_second if timings else None),
+            predicted_n=_int(timings.predicted_n if timings and timings.predicted_n is not None
+                             else self.last[1] if self.last else 0),
+            predicted_per_second=_r(timings.predicted_per_second if timings else None), ttft_ms=_r(ttft),
             client_tokens_per_second=_r(client), t_sent=round(self.t_sent, 3),
             t_end=None if t_end is None else round(t_end, 3), text=self.text, pieces=tuple(self.pieces),
             t_ms=tuple(self.t_ms), ids=tuple(self.ids), counts=tuple(self.counts), loop=self.loop,

@@ -11,6 +11,7 @@ import httpx
 from kvtui.core.errors import ServerError
 from kvtui.core.logs.failure import LogFacts
 from kvtui.core.server.base import Ready, Server
+from kvtui.core.server.wire import PropsBody, read_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +25,10 @@ class Props:
 
     @staticmethod
     def parse(props: dict) -> Props:
-        settings = props.get("default_generation_settings") or {}
-        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
-        slots = props.get("total_slots")
-        return Props(str(props.get("model_path") or props.get("model_alias") or ""),
-                     n_ctx if isinstance(n_ctx, int) else None, str(props.get("build_info") or ""),
-                     slots if isinstance(slots, int) else None)
+        body = read_json(PropsBody, props) or PropsBody()
+        n_ctx = (body.default_generation_settings or {}).get("n_ctx")
+        return Props(body.model_path or body.model_alias, n_ctx if isinstance(n_ctx, int) else None,
+                     body.build_info, body.total_slots)
 
 
 def _own_addresses() -> set[str]:

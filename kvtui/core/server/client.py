@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -18,6 +18,7 @@ import httpx
 from kvtui.core.errors import KvtuiError
 from kvtui.core.profiles import Prompt, Sampling
 from kvtui.core.server.sse import DONE, SSEDecoder, SSEError
+from kvtui.core.server.wire import ChatChoice, ChatChunk, CompletionChunk, ErrorBody, Timings, TokenProb, read_json
 
 Clock = Callable[[], float]
 
@@ -58,13 +59,18 @@ class Progress:
 
     @staticmethod
     def parse(raw: Any) -> Progress | None:
-        if not isinstance(raw, dict):
+        got = read_json(_ProgressBody, raw)
+        if got is None or None in (got.total, got.cache, got.processed, got.time_ms):
             return None
-        vals = [raw.get(k) for k in ("total", "cache", "processed", "time_ms")]
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-            return None
-        total, cache, processed, time_ms = vals
-        return Progress(int(total), int(cache), int(processed), float(time_ms))  # type: ignore[arg-type]
+        return Progress(int(got.total), int(got.cache), int(got.processed), float(got.time_ms))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class _ProgressBody:
+    total: int | None = None
+    cache: int | None = None
+    processed: int | None = None
+    time_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -72,7 +78,7 @@ class StreamResult:
     """How a request ended, with the server's own timings when it sent them."""
 
     stop: str = "error"  # eos | length | word | aborted | error | loop
-    timings: dict[str, Any] = field(default_factory=dict)
+    timings: Timings | None = None  # the server's own, from the final event
     truncated: bool = False
     error: str | None = None
 
@@ -138,15 +144,11 @@ def build_request(prompt: Prompt, sampling: Sampling, *, n_predict: int | None =
 
 def _top(entries: Any) -> tuple[tuple[int, float], ...] | None:
     """The last token's top-N as (id, logprob) from ``completion_probabilities`` or chat ``logprobs``."""
-    if not isinstance(entries, list) or not entries or not isinstance(entries[-1], dict):
+    last = read_json(TokenProb, entries[-1]) if isinstance(entries, list) and entries else None
+    if last is None or last.top_logprobs is None:
         return None
-    top = entries[-1].get("top_logprobs")
-    if not isinstance(top, list):
-        return None
-    out = []
-    for t in top:
-        if isinstance(t, dict) and isinstance(t.get("id"), int) and isinstance(t.get("logprob"), int | float):
-            out.append((t["id"], float(t["logprob"])))
+    out = [(e.id, e.logprob) for e in (read_json(TokenProb, t) for t in last.top_logprobs)
+           if e is not None and e.id is not None and e.logprob is not None]
     return tuple(out) or None
 
 
@@ -171,8 +173,8 @@ class StreamParser:
         if not isinstance(payload, dict):
             raise SSEError(f"unexpected event payload: {payload!r:.80}")
         if "error" in payload:
-            err = payload["error"]
-            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            body = read_json(ErrorBody, payload["error"])
+            msg = body.message if body is not None and body.message else str(payload["error"])
             raise KvtuiError(f"server error: {_one_line(msg)}",
                              "check the profile's prompt and sampling settings against the server's message",
                              exit_code=1)
@@ -180,49 +182,47 @@ class StreamParser:
             return self._chat(payload, t)
         return self._completion(payload, t)
 
-    def _completion(self, p: dict[str, Any], t: float) -> Piece | None:
-        n = p.get("tokens_predicted")
-        if p.get("stop"):
+    def _completion(self, payload: dict[str, Any], t: float) -> Piece | None:
+        p = read_json(CompletionChunk, payload)
+        assert p is not None
+        n = p.tokens_predicted
+        if p.stop:
             self.finished = True
-            self.result.stop = _STOP_TYPES.get(p.get("stop_type", ""), "eos")
-            self.result.timings = dict(p.get("timings") or {})
-            self.result.truncated = bool(p.get("truncated"))
-            text = p.get("content") or ""
-            if isinstance(n, int):
+            self.result.stop = _STOP_TYPES.get(p.stop_type, "eos")
+            self.result.timings = read_json(Timings, p.timings)
+            self.result.truncated = p.truncated
+            if n is not None:
                 self.n = n
-            return Piece(t, self.n, text, None) if text else None
-        if "prompt_progress" in p:
-            self.progress = Progress.parse(p["prompt_progress"])
-            if n == 0 or (n is None and not p.get("content")):
+            return Piece(t, self.n, p.content, None) if p.content else None
+        if p.prompt_progress is not None:
+            self.progress = Progress.parse(p.prompt_progress)
+            if n == 0 or (n is None and not p.content):
                 return None  # a progress report, not a token (its tokens:[0] is bogus)
-        if not isinstance(n, int):
+        if n is None:
             n = self.n + 1
         self.n = n
-        tokens = p.get("tokens") or []
-        return Piece(t, n, p.get("content") or "", tokens[-1] if tokens else None,
-                     _top(p.get("completion_probabilities")))
+        last = p.tokens[-1] if p.tokens and isinstance(p.tokens[-1], int) else None
+        return Piece(t, n, p.content, last, _top(p.completion_probabilities))
 
-    def _chat(self, p: dict[str, Any], t: float) -> Piece | None:
-        timings = p.get("timings")
-        if isinstance(timings, dict):
-            self.result.timings = dict(timings)
-        choices = p.get("choices") or []
-        if not choices:
+    def _chat(self, payload: dict[str, Any], t: float) -> Piece | None:
+        p = read_json(ChatChunk, payload)
+        assert p is not None
+        timings = read_json(Timings, p.timings)
+        if timings is not None:
+            self.result.timings = timings
+        choice = read_json(ChatChoice, p.choices[0]) if p.choices else None
+        if choice is None:
             return None  # the usage event
-        choice = choices[0]
-        reason = choice.get("finish_reason")
-        if reason:
-            self.result.stop = _FINISH.get(reason, "eos")
-        text = (choice.get("delta") or {}).get("content") or ""
-        if not text:
+        if choice.finish_reason:
+            self.result.stop = _FINISH.get(choice.finish_reason, "eos")
+        text = (choice.delta or {}).get("content") or ""
+        if not isinstance(text, str) or not text:
             return None
-        n = timings.get("predicted_n") if isinstance(timings, dict) else None
-        self.n = n if isinstance(n, int) else self.n + 1
-        logprobs = choice.get("logprobs")
-        content = logprobs.get("content") if isinstance(logprobs, dict) else None
-        last = content[-1] if isinstance(content, list) and content and isinstance(content[-1], dict) else {}
-        token_id = last.get("id")
-        return Piece(t, self.n, text, token_id if isinstance(token_id, int) else None, _top(content))
+        n = timings.predicted_n if timings is not None else None
+        self.n = n if n is not None else self.n + 1
+        content = (choice.logprobs or {}).get("content")
+        last = read_json(TokenProb, content[-1]) if isinstance(content, list) and content else None
+        return Piece(t, self.n, text, last.id if last is not None else None, _top(content))
 
 
 async def stream(
@@ -306,17 +306,16 @@ def http_error(status: int, path: str, raw: bytes) -> KvtuiError:
     """
     import json
 
-    err: dict[str, Any] = {}
     try:
         data = json.loads(raw)
-        found = data.get("error", data) if isinstance(data, dict) else data
-        err = found if isinstance(found, dict) else {"message": str(found)}
+        inner = data["error"] if isinstance(data, dict) and "error" in data else data
+        err = read_json(ErrorBody, inner) or ErrorBody(message=str(inner))
     except ValueError:
-        err = {"message": raw.decode("utf-8", "replace")[:200]}
-    message = _one_line(err.get("message", err))
-    kind = err.get("type")
-    if kind == "exceed_context_size_error":
-        n_prompt, n_ctx = err.get("n_prompt_tokens", "?"), err.get("n_ctx", "?")
+        err = ErrorBody(message=raw.decode("utf-8", "replace")[:200])
+    message = _one_line(err.message or str(err))
+    if err.type == "exceed_context_size_error":
+        n_prompt = "?" if err.n_prompt_tokens is None else err.n_prompt_tokens
+        n_ctx = "?" if err.n_ctx is None else err.n_ctx
         return KvtuiError(f"the prompt ({n_prompt} tokens) does not fit the server's context ({n_ctx} tokens)",
                           "raise server.ctx_size in the profile, or shorten the prompt", exit_code=1)
     if status in (401, 403):
