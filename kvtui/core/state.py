@@ -176,8 +176,8 @@ class SessionState:
             case LoopDetected():
                 s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, "looping"
             case RunFinished():
-                if s.status in ("generating", "looping"):
-                    s.status = "waiting"  # until its next run, or SideFinished says how it ended
+                if s.status in ("generating", "looping"):  # until its next run, or SideFinished says how it ended
+                    s.status = {"error": "error", "aborted": "aborted"}.get(e.stop, "waiting")
                 s.stop = e.stop
                 s.prompt_per_second, s.predicted_per_second = e.prompt_per_second, e.predicted_per_second
                 if e.ttft_ms is not None:

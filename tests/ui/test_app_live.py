@@ -40,7 +40,7 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
         # both panes stream
         await wait_for(pilot, lambda: len(state.sides) == 2 and all(s.tokens >= 5 for s in state.sides))
         await pilot.pause(0.2)
-        texts = [p.query_one("TextArea").text for p in app.query(GenerationPane)]
+        texts = [p.view.text for p in app.query(GenerationPane)]
         assert all(texts), "both panes show streamed text"
         # abort the left side; the right one keeps going
         await pilot.press("left_square_bracket")
@@ -56,6 +56,7 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
         await pilot.press("x")
         await wait_for(pilot, lambda: state.sides[0].stop == "aborted")
         await pilot.press("q")
+        await wait_for(pilot, lambda: app.return_code is not None, timeout=30)  # servers stop in a worker
     assert app.return_value == 0
     data = read_record(record)
     left, right = data["sides"]

@@ -92,3 +92,10 @@ def test_version_counts_what_a_side_received() -> None:
     run(st, 1, 1.0)
     assert st.sides[0].version == before[0]
     assert st.sides[1].version == before[1] + 5
+
+
+def test_a_run_that_errored_or_was_aborted_ends_its_side() -> None:
+    st = started("simultaneous")
+    run(st, 0, 1.0, stop="error")
+    run(st, 1, 1.0, stop="aborted")
+    assert [s.status for s in st.sides] == ["error", "aborted"]
