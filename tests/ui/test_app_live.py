@@ -63,3 +63,24 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
     assert [r["stop"] for r in left["runs"]] == ["aborted", "aborted"]
     assert left["runs"][0]["predicted_n"] > 0 and left["runs"][1]["run"] == 1
     assert right["runs"][0]["stop"] in ("length", "eos") and right["status"] in ("done", "looping")
+
+
+def test_quitting_prints_the_record_and_how_to_replay_it(tmp_path: Path, server_binary, capsys,
+                                                         no_leftover_servers) -> None:
+    """run_app, as `kvtui run` calls it: q, then the record's path and the replay command on the terminal."""
+    from kvtui.ui.app import run_app
+
+    profile = load_profile(REPO / "profiles" / "demo.toml")
+    profile = replace(profile, sampling=replace(profile.sampling, n_predict=8))
+    record = tmp_path / "my run.toml"
+    prepared = prepare(profile, server_bin=str(server_binary.path), record=str(record))
+
+    async def quit_when_done(pilot) -> None:
+        await wait_for(pilot, lambda: pilot.app.state.finished is not None)
+        await pilot.press("q")
+
+    code = run_app(prepared, auto_pilot=quit_when_done)
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-2:] == [f"record: {record}", f"replay: kvtui replay '{record}'"]
+    assert read_record(record)["status"] == "done"

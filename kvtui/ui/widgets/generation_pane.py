@@ -13,6 +13,7 @@ from ...core.state import LOAD_PHASES, SideState
 from .memory_meter import memory_text
 from .rate_gauge import RateGauge
 from .stream_text import StreamText
+from .text_lines import TextLines
 
 STATUS_STYLE = {
     "waiting": "dim", "starting": "yellow", "loading": "yellow", "ready": "yellow", "warming": "yellow",
@@ -68,7 +69,7 @@ class GenerationPane(Vertical):
     def compose(self) -> ComposeResult:
         # kept as attributes: looked up once, not on every frame
         self.gauge = RateGauge()
-        self.figures = Static(classes="pane-figures")  # the figures and the memory lines: one widget, one paint
+        self.figures = TextLines(classes="pane-figures")  # the figures and the memory lines, repainted line by line
         self.alert = Static(classes="pane-alert")
         self.view = StreamText(MAX_LINES, classes="pane-text")
         yield from (self.gauge, self.figures, self.alert, self.view)
@@ -148,8 +149,7 @@ class GenerationPane(Vertical):
         if self._changed("figures", (figures.plain, memory, self.content_region.width)):
             figures.append("\n")
             figures.append_text(memory_text(*memory, width=self.content_region.width))
-            lines = figures.plain.count("\n")
-            self.figures.update(figures, layout=self._changed("figure-lines", lines))
+            self.figures.set_lines(figures.split("\n"))
         alert = self._alert()
         if self._changed("alert", alert.plain):
             self.alert.update(alert)

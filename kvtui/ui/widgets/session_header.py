@@ -95,7 +95,7 @@ class SessionHeader(Static):
             self._draw()
 
     def _draw(self) -> None:
-        self._width = width = self.size.width or 200
+        self._width = width = self.size.width or self.app.size.width  # before its first layout: the terminal's
         e, finished, replay_label, cpu = self._args
         if e is None:
             self.update(Text("kvtui: preparing…", style="bold"), layout=False)
