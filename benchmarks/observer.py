@@ -218,7 +218,7 @@ def run_bare(profile_path: Path, folder: Path) -> dict:
     ports = [free_port() for _ in plan.sides]
     logs = [open(folder / f"bare-side{i}.log", "wb") for i in range(len(plan.sides))]  # noqa: SIM115
     servers = [subprocess.Popen([str(plan.binary.path), *side.args, "--port", str(port)], stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=plan.binary.launch_env())  # its libraries too
                for side, port, log in zip(plan.sides, ports, logs, strict=True)]
     try:
         path, body = build_request(profile.prompt, profile.sampling, cache_prompt=False)

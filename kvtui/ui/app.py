@@ -2,8 +2,9 @@
 
 The app never talks to llama-server itself. A session object (``LiveSession``
 or a replay) produces events; the sink folds them into ``SessionState``
-without rendering, and one frame timer redraws: text at 8 Hz, figures at 2 Hz
-(in the same frames), so a fast stream costs the same frames as a slow one.
+without rendering, and one frame timer redraws: text at most 5 times a second
+(fewer when a slow stream has little new), figures about twice (in frames that
+paint text anyway), so a fast stream costs the same frames as a slow one.
 The app must not slow what it measures: the timer sleeps when no event has
 come and nothing streams (the next event wakes it), a pane redraws only the
 parts whose state changed, and the text view repaints only the rows that did.
@@ -39,8 +40,11 @@ from .widgets.comparison_strip import ComparisonStrip
 from .widgets.generation_pane import TIMED, GenerationPane
 from .widgets.session_header import SessionHeader
 
-TEXT_HZ = 5  # frames a second while text streams: smooth enough to read, and each frame costs ~2-3 ms here
-FIGURES_EVERY = 2  # figures every 4th frame (2 Hz): the current rate looks back 1 s, the sparkline steps 0.25 s
+TEXT_HZ = 5  # frames a second at most while text streams: enough to read along; each frame costs 2-4 ms here
+TEXT_MIN_PIECES = 3  # a text frame waits for this many new pieces in some pane...
+TEXT_MAX_WAIT_S = 0.3  # ...or until text has waited this long (a slow stream paints ~3 times a second)
+FIGURES_MIN_S = 0.35  # figures redraw with text at most this often, and without text at least every
+FIGURES_MAX_S = 0.6  # this often: about twice a second (the current rate looks back 1 s, the sparkline 0.25 s)
 CLOCK_S = 1.0  # load-phase seconds, kvtui's own CPU, and the log lines that move a load phase on
 FINISHED = ("done", "aborted", "crashed", "error")
 
@@ -110,9 +114,11 @@ class KvtuiApp(App[int]):
         self._runs_shown: tuple[int, ...] | None = None
         self._events_drawn = -1  # state.events at the last figures redraw
         self._awake = False  # the frame timer runs (it sleeps while nothing happens)
-        self._frames = 0
+        self._figures_now = True  # the next frame redraws the figures whenever they were last drawn
         self._panes: list[GenerationPane] | None = None
         self._clock_last = 0.0
+        self._text_since: float | None = None  # when the text now waiting was first seen
+        self._figures_t = 0.0  # when the figures were last redrawn
         self._session_running = False
         self._quitting = False
         self._interrupted = False  # quit by a signal (SIGTERM, SIGHUP, SIGINT): exit code 1
@@ -187,26 +193,45 @@ class KvtuiApp(App[int]):
         if not hasattr(self, "_frame_timer"):
             return  # not mounted yet: on_mount wakes the timer
         self._awake = True
-        self._frames = -1  # the next frame draws the figures too
+        self._figures_now = True
         self._frame_timer.resume()
         if self._clock_needed():
             self._clock_timer.resume()
 
     def _frame(self) -> None:
-        """Write new text; every FIGURES_EVERY frames redraw the figures; sleep when there is nothing to do."""
-        self._frames += 1
+        """Write new text; redraw the figures about twice a second, in a frame that paints text anyway when one
+        comes soon enough; sleep when there is nothing to do."""
+        now = time.monotonic()
         with self.batch_update():
-            self._flush_text()
-            if self._frames % FIGURES_EVERY == 0:
+            painted = self._flush_text(now)
+            since = now - self._figures_t
+            if since >= FIGURES_MAX_S or (painted and since >= FIGURES_MIN_S) or self._figures_now:
+                self._figures_now = False
+                self._figures_t = now
                 self._refresh_figures()
             if self._clock_due():
                 self._clock_work()  # once a second, in a frame that paints anyway
 
-    def _flush_text(self) -> None:
-        panes = self.panes()
-        if any(p.state is not None and (p.state.pending or p.state.reset_text or p.state.loop) for p in panes):
-            for pane in panes:
-                pane.flush()
+    def _flush_text(self, now: float) -> bool:
+        """Write the new text of every pane in one frame, once there is enough of it to be worth a frame.
+
+        Returns:
+            Whether text was written.
+        """
+        sides = self.state.sides
+        waiting = max((len(s.pending) for s in sides), default=0)
+        if not waiting and not any(s.reset_text for s in sides):
+            self._text_since = None
+            return False
+        if self._text_since is None:
+            self._text_since = now
+        if (waiting < TEXT_MIN_PIECES and now - self._text_since < TEXT_MAX_WAIT_S
+                and not any(s.reset_text for s in sides)):
+            return False  # a slow stream: let a few pieces gather rather than paint one at a time
+        self._text_since = None
+        for pane in self.panes():
+            pane.flush()
+        return True
 
     def _refresh_figures(self) -> None:
         """Redraw what changed; go to sleep when no event came since the last redraw and nothing streams."""
