@@ -97,6 +97,8 @@ class StreamText(ScrollView, can_focus=False):
         self._cache: dict[int, Strip] = {}
         self._highlight: int | None = None
         self._styles: tuple[Style, Style] | None = None  # (base, loop): looked up once per style change
+        self.following = True  # the view keeps the newest text in sight, until the reader scrolls away
+        self._scrolling = False  # a scroll of ours, not the reader's
         self._rewrap(0)
 
     # -- content ------------------------------------------------------------------------------------
@@ -111,14 +113,15 @@ class StreamText(ScrollView, can_focus=False):
         self.trimmed, self._lines, self._starts, self._highlight, self._slack = 0, [""], [0], None, 0
         self._cache.clear()
         self._rewrap(0)
-        self.scroll_to(y=0, animate=False, immediate=True, force=True)
+        self.following = True
+        self._scroll(0)
         self.refresh()
 
     def append(self, text: str) -> None:
         """Add streamed text; follows the end when the view was at the end."""
         if not text:
             return
-        follow = self.scroll_y >= self.max_scroll_y
+        follow = self.following
         first = len(self._lines) - 1
         parts = text.split("\n")
         self._lines[-1] += parts[0]
@@ -144,24 +147,41 @@ class StreamText(ScrollView, can_focus=False):
         height = self.scrollable_content_region.height
         rows = len(self._rows)
         top = int(self.scroll_y)
-        if rows <= top + height:  # still room below: fill it, no scroll
-            self._slack = top + height - rows if rows > height else 0
+        if height <= 0 or rows <= top + height:  # still room below (or no size yet): fill it, no scroll
+            self._slack = top + height - rows if rows > height > 0 else 0
             self._resize_virtual()
             return
-        top = max(0, rows - max(1, round(height * (1 - JUMP))))
-        self._slack = top + height - rows
+        self._place_end()
+
+    def _place_end(self) -> None:
+        """Show the newest row at 1 - JUMP of the height, with room below; the same wherever the view was."""
+        height = self.scrollable_content_region.height
+        rows = len(self._rows)
+        top = max(0, rows - max(1, round(height * (1 - JUMP)))) if rows > height else 0
+        self._slack = top + height - rows if rows > height else 0
         self._resize_virtual()
-        self.scroll_to(y=top, animate=False, immediate=True, force=True)
+        self._scroll(top)
+
+    def _scroll(self, top: float) -> None:
+        self._scrolling = True
+        try:
+            self.scroll_to(y=top, animate=False, immediate=True, force=True)
+        finally:
+            self._scrolling = False
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if not self._scrolling:  # the reader scrolled: follow again only once back at the end
+            self.following = new >= self.max_scroll_y
 
     def settle(self) -> None:
         """The stream has ended: drop the room below the text (a following view then ends at the last row)."""
         if not self._slack:
             return
-        follow = self.scroll_y >= self.max_scroll_y
         self._slack = 0
         self._resize_virtual()
-        if follow:
-            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
+        if self.following:
+            self._scroll(self.max_scroll_y)
         self.refresh()
 
     def highlight_from(self, offset: int | None) -> None:
@@ -200,13 +220,14 @@ class StreamText(ScrollView, can_focus=False):
     def on_resize(self) -> None:
         width = self.scrollable_content_region.width
         if width != self._width:
-            follow = self.scroll_y >= self.max_scroll_y
-            self._width, self._slack = width, 0
+            self._width = width
             self._cache.clear()
-            self._rewrap(0)
-            if follow:
-                self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
-            self.refresh()
+            self._rewrap(0, resize=False)
+        if self.following:
+            self._place_end()  # the same view whether the text came before or after this size
+        else:
+            self._resize_virtual()
+        self.refresh()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
