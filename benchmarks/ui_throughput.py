@@ -127,7 +127,7 @@ async def measure(rate: float, seconds: float) -> dict:
         await pilot.pause(0.3)
         cpu1, wall1 = proc.cpu_times(), time.monotonic()
         # every token reached its pane: what is shown plus what the pane trimmed from the top (it keeps a tail)
-        shown = [len(p.query_one("TextArea").text) + p._trimmed for p in app.panes()]
+        shown = [len(p.query_one("StreamText").text) + p._trimmed for p in app.panes()]
         expected_chars = sum(len(WORDS[k % len(WORDS)]) for k in range(1, session.sent + 1))
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0)
     lags_ms = sorted(x * 1000 for x in lags)

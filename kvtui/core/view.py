@@ -2,11 +2,22 @@
 
 The app applies every event here (cheap, no rendering) and redraws from this
 state on a timer, so the token rate never drives the frame rate. Text arrives
-in ``pending`` and is drained by the pane that shows it.
+in ``pending`` and is drained by the pane that shows it; ``version`` counts the
+events folded into a side, so a consumer can tell in one comparison whether
+anything changed since it last drew.
+
+A side's status says what it is doing now: ``starting`` (process launched),
+``loading`` (the model), ``ready`` (loaded, before its warm-up),
+``warming``, ``generating``, ``waiting`` (for its turn, or for the other sides
+between runs), then ``done``, ``aborted``, ``crashed`` or ``error``. The
+events give all of these but two: the move from ``starting`` to ``loading``
+and from ``ready`` to ``warming`` come from the server's log
+(:meth:`SessionState.note_log`), which the app reads while a server loads.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from kvtui.core.events import (
@@ -29,9 +40,23 @@ from kvtui.core.events import (
 )
 from kvtui.core.logs.provenance import RanWith
 from kvtui.core.quality.figures import RateMeter
-from kvtui.core.vocab import SideStatus
+from kvtui.core.vocab import SideStatus, StopReason
 
 RATE_HISTORY = 120  # sparkline points kept per side
+# statuses that show the seconds since the phase began
+LOAD_PHASES = (SideStatus.STARTING, SideStatus.LOADING, SideStatus.READY, SideStatus.WARMING)
+# llama-server log lines that mark the next load phase (b10434 .. b11434); a build that prints neither stays put
+_LOG_LOADING = ("load_model: loading model", "llama_model_loader:")
+_LOG_WARMING = ("launch_slot_", "processing task")
+_LOG_TIME = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")  # minutes.seconds.ms.us since the server started
+
+
+def _log_time(line: str) -> float | None:
+    """Seconds since the server started, from a log line's prefix (``0.06.802.900 I ...``)."""
+    m = _LOG_TIME.match(line)
+    if m is None:
+        return None
+    return int(m[1]) * 60 + int(m[2]) + int(m[3]) / 1e3 + int(m[4]) / 1e6
 BUCKET_S = 0.25  # the sparkline's time step: tokens per bucket of event time, not of screen time
 
 
@@ -44,6 +69,9 @@ class SideState:
     cache_type_v: str
     kv_estimate_mib: float | None = None
     status: str = SideStatus.WAITING
+    phase_t: float | None = None  # when the current load phase began (ServerStarting, ServerReady)
+    phase_start_t: float | None = None  # when its server was started
+    version: int = 0  # events folded into this side so far
     waiting_reason: str = ""
     run: int = 0
     tokens: int = 0
@@ -139,6 +167,7 @@ class SessionState:
         if side_index is None or not 0 <= side_index < len(self.sides):
             return
         s = self.sides[side_index]
+        s.version += 1
         match e:
             case PromptProgress():
                 if s.run == e.run and s.first_t is None and not s.pieces:
@@ -169,6 +198,9 @@ class SessionState:
                 s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, SideStatus.LOOPING
             case RunFinished():
                 run = e.result
+                if s.status in (SideStatus.GENERATING, SideStatus.LOOPING):  # until its next run, or SideFinished
+                    s.status = {StopReason.ERROR: SideStatus.ERROR, StopReason.ABORTED: SideStatus.ABORTED}.get(
+                        run.stop, SideStatus.WAITING)
                 s.stop, s.progress = run.stop, None
                 s.prompt_per_second, s.predicted_per_second = run.prompt_per_second, run.predicted_per_second
                 s.client_tokens_per_second = run.client_tokens_per_second
@@ -180,13 +212,16 @@ class SessionState:
                 s.status, s.waiting_reason = SideStatus.WAITING, e.reason
             case ServerStarting():
                 s.status, s.log_path, s.error, s.hint, s.log_tail = SideStatus.STARTING, e.log_path, None, "", ()
+                s.phase_t = s.phase_start_t = e.t
+                s.waiting_reason = ""
             case ServerReady():
                 s.status, s.kv_cache_mib, s.flash_attn, s.load_s, s.warnings = (
-                    SideStatus.LOADING, e.kv_cache_mib, e.flash_attn, e.load_s, e.warnings)
+                    SideStatus.READY, e.kv_cache_mib, e.flash_attn, e.load_s, e.warnings)
+                s.phase_t = e.t
                 s.ran_with = e.ran_with
                 s.memory_remote = e.attached and not e.pid
             case WarmupDone():
-                s.status = SideStatus.WARMED_UP
+                s.status = SideStatus.WAITING  # warmed up: its first run comes next
             case ErrorRaised():
                 s.error, s.hint = e.message, e.hint
             case ServerExited():
@@ -194,8 +229,41 @@ class SessionState:
                     s.log_tail = e.log_tail
                     s.status = SideStatus.CRASHED
             case SideFinished():
-                if not (e.status == SideStatus.DONE and s.loop is not None):
-                    s.status = e.status
+                s.status = e.status  # a loop stays visible through ``loop``
+
+    def loading(self) -> bool:
+        """Whether any side is in a load phase (the app then redraws the elapsed seconds once a second)."""
+        return any(s.status in LOAD_PHASES for s in self.sides)
+
+    def note_log(self, i: int, text: str, now: float) -> bool:
+        """Fold new lines of side ``i``'s server log in: they move ``starting`` to ``loading`` and ``ready`` to
+        ``warming``.
+
+        Args:
+            i: the side.
+            text: log text that arrived since the last call (whole lines).
+            now: session time, for when a phase began if the log line carries no time of its own.
+
+        Returns:
+            Whether the status changed.
+        """
+        if not 0 <= i < len(self.sides):
+            return False
+        s = self.sides[i]
+        markers = {SideStatus.STARTING: (_LOG_LOADING, SideStatus.LOADING),
+                   SideStatus.READY: (_LOG_WARMING, SideStatus.WARMING)}.get(s.status)
+        if markers is None:
+            return False
+        line = next((ln for ln in text.splitlines() if any(m in ln for m in markers[0])), None)
+        if line is None:
+            return False
+        s.status = markers[1]
+        if s.status == SideStatus.WARMING:  # the line's own time (since the server started) says when the warm-up began
+            offset = _log_time(line)
+            start = s.phase_start_t
+            s.phase_t = start + offset if offset is not None and start is not None else now
+        s.version += 1
+        return True
 
     def divergence(self, i: int) -> tuple[str, int | None] | None:
         """Side ``i`` against its reference (side 0; side 1 for side 0) in the same run: (name, first differing

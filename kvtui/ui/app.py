@@ -2,8 +2,12 @@
 
 The app never talks to llama-server itself. A session object (``LiveSession``
 or a replay) produces events; the sink folds them into ``SessionState``
-without rendering, and timers redraw at a fixed rate: text at 15 Hz, figures
-at 4 Hz. So a fast stream costs the same frames as a slow one.
+without rendering, and one frame timer redraws: text at most 5 times a second
+(fewer when a slow stream has little new), figures about twice (in frames that
+paint text anyway), so a fast stream costs the same frames as a slow one.
+The app must not slow what it measures: the timer sleeps when no event has
+come and nothing streams (the next event wakes it), a pane redraws only the
+parts whose state changed, and the text view repaints only the rows that did.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import threading
 import time
 from typing import Any, Protocol
 
+import psutil
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -25,17 +31,29 @@ from textual.widgets import Footer
 from kvtui.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
 from kvtui.core.events import Event
 from kvtui.core.quality.summary import comparisons, summarize, verdicts
-from kvtui.core.view import SessionState
-from kvtui.core.vocab import FAILED, SessionStatus
+from kvtui.core.view import LOAD_PHASES, SessionState
+from kvtui.core.vocab import FAILED, SessionStatus, SideStatus
+from kvtui.ui.logfollow import LogFollower
 from kvtui.ui.screens.confirm import ConfirmScreen
 from kvtui.ui.screens.help import HelpScreen
 from kvtui.ui.screens.server_log import ServerLogScreen
 from kvtui.ui.widgets.comparison_strip import ComparisonStrip
-from kvtui.ui.widgets.generation_pane import GenerationPane
+from kvtui.ui.widgets.generation_pane import TIMED, GenerationPane
 from kvtui.ui.widgets.session_header import SessionHeader
 
-TEXT_HZ = 15
-FIGURES_HZ = 4
+TEXT_HZ = 5  # frames a second at most while text streams: enough to read along; each frame costs 2-4 ms here
+TEXT_MIN_PIECES = 3  # a text frame waits for this many new pieces in some pane...
+TEXT_MAX_WAIT_S = 0.3  # ...or until text has waited this long (a slow stream paints ~3 times a second)
+FIGURES_MIN_S = 0.35  # figures redraw with text at most this often, and without text at least every
+FIGURES_MAX_S = 0.6  # this often: about twice a second (the current rate looks back 1 s, the sparkline 0.25 s)
+CLOCK_S = 1.0  # load-phase seconds, kvtui's own CPU, and the log lines that move a load phase on
+FINISHED = ("done", "aborted", "crashed", "error")
+
+
+class Panes(Grid):
+    """The panes' grid: it draws nothing itself, so Textual can skip painting it on every frame."""
+
+    BLANK = True
 
 
 class Session(Protocol):
@@ -64,22 +82,25 @@ class KvtuiApp(App[int]):
 
     CSS_PATH = "kvtui.tcss"
     TITLE = "kvtui"
+    # the footer shows the first ones; ? lists them all (screens/help.py)
     BINDINGS = [
-        Binding("x", "abort_focused", "abort side"),
-        Binding("left_square_bracket", "abort(0)", "abort left", show=False),
-        Binding("right_square_bracket", "abort(1)", "abort right", show=False),
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
+        Binding("question_mark", "help", "help"),
+        Binding("x", "abort_focused", "abort"),
+        Binding("r", "rerun_focused", "rerun"),
+        Binding("l", "show_log", "log"),
         Binding("X", "abort_all", "abort all"),
-        Binding("r", "rerun_focused", "rerun side"),
         Binding("R", "rerun_all", "rerun all"),
         Binding("s", "save", "save"),
-        Binding("l", "show_log", "server log"),
-        Binding("space", "pause", "pause/resume"),
+        Binding("left_square_bracket", "abort_first", "abort first", show=False),
+        Binding("right_square_bracket", "abort_last", "abort last", show=False),
+        *(Binding(str(k), f"focus_side({k - 1})", f"side {k}", show=False) for k in range(1, 10)),
+        Binding("space", "pause", "pause"),
         Binding("plus,equals_sign", "faster", "faster"),
         Binding("minus", "slower", "slower"),
         Binding("home,0", "restart", "restart"),
         Binding("end,e", "jump_to_end", "to end"),
-        Binding("question_mark", "help", "help"),
-        Binding("q", "quit", "quit"),
     ]
 
     def __init__(self, session: Session, *, replay_label: str = "", autostart: bool = True,
@@ -90,11 +111,23 @@ class KvtuiApp(App[int]):
         self.state = SessionState()
         self.replay_label = replay_label
         self.autostart = autostart
-        self._header_shown: tuple[object, object] = (None, None)
+        self._header_shown: tuple[object, ...] | None = None
         self._runs_shown: tuple[int, ...] | None = None
+        self._events_drawn = -1  # state.events at the last figures redraw
+        self._awake = False  # the frame timer runs (it sleeps while nothing happens)
+        self._figures_now = True  # the next frame redraws the figures whenever they were last drawn
+        self._panes: list[GenerationPane] | None = None
+        self._clock_last = 0.0
+        self._text_since: float | None = None  # when the text now waiting was first seen
+        self._figures_t = 0.0  # when the figures were last redrawn
         self._session_running = False
         self._quitting = False
         self._interrupted = False  # quit by a signal (SIGTERM, SIGHUP, SIGINT): exit code 1
+        self._killed = False  # quit without waiting (a second ctrl+c or signal): servers killed
+        self._followers: dict[int, LogFollower] = {}  # side -> its server log, read while it loads
+        self._proc = psutil.Process()
+        self._cpu_text: str | None = None  # kvtui's own CPU use, shown when the servers run on the CPU
+        self._cpu_start: tuple[float, float] | None = None  # (CPU seconds, wall seconds) when the run started
         session.sinks.append(self._on_event)
 
     # -- layout ---------------------------------------------------------------------------------
@@ -102,21 +135,25 @@ class KvtuiApp(App[int]):
     def compose(self) -> ComposeResult:
         n = self.session.side_count()
         yield SessionHeader(id="header")
-        with Grid(id="panes") as grid:
+        with Panes(id="panes") as grid:
             grid.styles.grid_size_columns = n if n <= 3 else 2
             grid.styles.grid_size_rows = 1 if n <= 3 else (n + 1) // 2
             for i in range(n):
                 yield GenerationPane(i)
         yield ComparisonStrip(id="comparison")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.query_one(SessionHeader).show(None, None, self.replay_label)
+        # looked up once: the timers use them on every frame, and may fire while the app is being torn down
+        self._header = self.query_one(SessionHeader)
+        self._strip = self.query_one(ComparisonStrip)
+        self._header.show(None, None, self.replay_label)
         panes = self.panes()
         if panes:
             panes[0].focus()
-        self.set_interval(1 / TEXT_HZ, self._flush_text)
-        self.set_interval(1 / FIGURES_HZ, self._refresh_figures)
+        self._frame_timer = self.set_interval(1 / TEXT_HZ, self._frame, pause=True)
+        self._clock_timer = self.set_interval(CLOCK_S, self._tick_clock, pause=True)
+        self._wake()
         if self.handle_signals:
             self._install_signal_handlers()
         if self.autostart:
@@ -141,35 +178,143 @@ class KvtuiApp(App[int]):
         self.push_screen(ConfirmScreen(refusal.split(";")[0] + ".\n\nStart both servers anyway?"), answer)
 
     def _on_event(self, event: Event) -> None:
-        """The sink: fold the event into state; rendering happens on the timers."""
+        """The sink: fold the event into state; rendering happens on the timers, which an event wakes."""
         self.state.apply(event)
+        if not self._awake:
+            self._wake()
 
     def panes(self) -> list[GenerationPane]:
-        return list(self.query(GenerationPane))
+        if self._panes is None:  # fixed once composed; a DOM query on every frame cost more than the frame's work
+            self._panes = list(self.query(GenerationPane))
+        return self._panes
 
-    def _flush_text(self) -> None:
+    # -- redrawing: only while something happens ------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not hasattr(self, "_frame_timer"):
+            return  # not mounted yet: on_mount wakes the timer
+        self._awake = True
+        self._figures_now = True
+        self._frame_timer.resume()
+        if self._clock_needed():
+            self._clock_timer.resume()
+
+    def _frame(self) -> None:
+        """Write new text; redraw the figures about twice a second, in a frame that paints text anyway when one
+        comes soon enough; sleep when there is nothing to do."""
+        now = time.monotonic()
         with self.batch_update():
-            for pane in self.panes():
-                pane.flush()
+            painted = self._flush_text(now)
+            since = now - self._figures_t
+            if since >= FIGURES_MAX_S or (painted and since >= FIGURES_MIN_S) or self._figures_now:
+                self._figures_now = False
+                self._figures_t = now
+                self._refresh_figures()
+            if self._clock_due():
+                self._clock_work()  # once a second, in a frame that paints anyway
+
+    def _flush_text(self, now: float) -> bool:
+        """Write the new text of every pane in one frame, once there is enough of it to be worth a frame.
+
+        Returns:
+            Whether text was written.
+        """
+        sides = self.state.sides
+        waiting = max((len(s.pending) for s in sides), default=0)
+        if not waiting and not any(s.reset_text for s in sides):
+            self._text_since = None
+            return False
+        if self._text_since is None:
+            self._text_since = now
+        if (waiting < TEXT_MIN_PIECES and now - self._text_since < TEXT_MAX_WAIT_S
+                and not any(s.reset_text for s in sides)):
+            return False  # a slow stream: let a few pieces gather rather than paint one at a time
+        self._text_since = None
+        for pane in self.panes():
+            pane.flush()
+        return True
 
     def _refresh_figures(self) -> None:
+        """Redraw what changed; go to sleep when no event came since the last redraw and nothing streams."""
+        sides = self.state.sides
+        changed = self.state.events != self._events_drawn
+        if not changed and not any(s.status in TIMED for s in sides):
+            if not any(s.pending or s.reset_text for s in sides):
+                self._awake = False
+                self._frame_timer.pause()
+            return
+        self._events_drawn = self.state.events
         now = self.session.now()
-        with self.batch_update():
-            for pane in self.panes():
+        for pane in self.panes():
+            pane.refresh_view(now)
+        if changed:
+            self._refresh_header()
+            self._refresh_strip()
+
+    def _refresh_header(self) -> None:
+        if self.state.finished is not None and self._cpu_start is not None:
+            self._cpu_text = self._cpu_average()
+        header = (self.state.started, self.state.finished, self._cpu_text)
+        if header != self._header_shown:
+            self._header_shown = header
+            self._header.show(self.state.started, self.state.finished, self.replay_label, self._cpu_text)
+
+    def _refresh_strip(self) -> None:
+        record = getattr(getattr(self.session, "recorder", None), "record", None)
+        runs = tuple(len(s.runs) for s in record.sides) if record else ()
+        runs += (self.state.finished is not None,)
+        if runs != self._runs_shown:  # the strip changes only when a run ends
+            self._runs_shown = runs
+            final = record is not None and self.state.finished is not None
+            self._strip.show(summarize(record) if record else [],
+                             comparisons(record, with_runs_only=True) if record else [],
+                             verdicts(record) if final else [])
+
+    # -- once a second: load phases, kvtui's own CPU ----------------------------------------------------
+
+    def _servers_on_cpu(self) -> bool:
+        """A live session whose servers run on the CPU (no NVIDIA GPU to measure): kvtui shares cores with them."""
+        probe = getattr(getattr(self.session, "prepared", None), "probe", None)
+        return not self.replaying and getattr(probe, "source", None) == "rss"
+
+    def _clock_needed(self) -> bool:
+        return self.state.loading() or (self._session_running and self._servers_on_cpu())
+
+    def _clock_due(self) -> bool:
+        return time.monotonic() - self._clock_last >= CLOCK_S * 0.9 and self._clock_needed()
+
+    def _tick_clock(self) -> None:
+        """The clock timer, for when the frames sleep (servers loading); streaming frames do the same themselves."""
+        if not self._clock_needed():
+            self._clock_timer.pause()
+        elif self._clock_due():
+            with self.batch_update():
+                self._clock_work()
+
+    def _clock_work(self) -> None:
+        self._clock_last = time.monotonic()
+        now = self.session.now()
+        for i, s in enumerate(self.state.sides):
+            if s.status in (SideStatus.STARTING, SideStatus.READY) and s.log_path:
+                follower = self._followers.get(i)
+                if follower is None or follower.path != s.log_path:
+                    follower = self._followers[i] = LogFollower(s.log_path)
+                self.state.note_log(i, follower.read_new(), now)
+        if self._session_running and self._servers_on_cpu():
+            self._cpu_text = f"kvtui {self._proc.cpu_percent(None):.1f}% CPU"
+            self._refresh_header()
+        for pane, s in zip(self.panes(), self.state.sides, strict=False):
+            if s.status in LOAD_PHASES:  # their seconds
                 pane.refresh_view(now)
-            header = (self.state.started, self.state.finished)
-            if header != self._header_shown:
-                self._header_shown = header
-                self.query_one(SessionHeader).show(self.state.started, self.state.finished, self.replay_label)
-            record = getattr(getattr(self.session, "recorder", None), "record", None)
-            runs = tuple(len(s.runs) for s in record.sides) if record else ()
-            runs += (self.state.finished is not None,)
-            if runs != self._runs_shown:  # the strip changes only when a run ends
-                self._runs_shown = runs
-                final = record is not None and self.state.finished is not None
-                summaries = summarize(record) if record else []
-                self.query_one(ComparisonStrip).show(summaries, comparisons(record, with_runs_only=True) if record
-                                                     else [], verdicts(record) if final else [])
+
+    def _cpu_average(self) -> str:
+        """kvtui's CPU over the whole run, once it has ended."""
+        assert self._cpu_start is not None
+        cpu0, wall0 = self._cpu_start
+        t = self._proc.cpu_times()
+        wall = time.monotonic() - wall0
+        share = (t.user + t.system - cpu0) / wall * 100 if wall > 0 else 0.0
+        return f"kvtui {share:.1f}% CPU (run average)"
 
     # -- running --------------------------------------------------------------------------------
 
@@ -177,6 +322,12 @@ class KvtuiApp(App[int]):
     async def start_session(self, side: int | None = None, rerun: bool = False) -> str:
         """Run (or rerun) the session in the app's event loop."""
         self._session_running = True
+        if self._servers_on_cpu():
+            t = self._proc.cpu_times()
+            self._cpu_start = (t.user + t.system, time.monotonic())
+            self._cpu_text = None
+            self._proc.cpu_percent(None)  # the first call starts the measurement
+        self._wake()
         try:
             if rerun:
                 return await self.session.rerun(side)
@@ -190,17 +341,40 @@ class KvtuiApp(App[int]):
             node = node.parent  # type: ignore[assignment]
         return node.index if isinstance(node, GenerationPane) else 0
 
+    def action_focus_side(self, side: int) -> None:
+        panes = self.panes()
+        if 0 <= side < len(panes):
+            panes[side].focus()
+
     def action_abort_focused(self) -> None:
         self.action_abort(self.focused_side())
 
+    def action_abort_first(self) -> None:
+        self.action_abort(0)
+
+    def action_abort_last(self) -> None:
+        self.action_abort(len(self.state.sides) - 1)
+
+    def _abortable(self, side: int) -> bool:
+        return self._session_running and self.state.sides[side].status not in FINISHED
+
     def action_abort(self, side: int) -> None:
-        if side < len(self.state.sides):
-            self.session.abort(side)
-            self.notify(f"aborting {self.state.sides[side].name}")
+        if not 0 <= side < len(self.state.sides):
+            return
+        s = self.state.sides[side]
+        if not self._abortable(side):
+            self.notify(f"nothing to abort: {s.name} is {s.status if s.status in FINISHED else 'not running'}")
+            return
+        self.session.abort(side)
+        self.notify(f"aborting {s.name}")
 
     def action_abort_all(self) -> None:
+        running = [s.name for i, s in enumerate(self.state.sides) if self._abortable(i)]
+        if not running:
+            self.notify("nothing to abort: no side is running")
+            return
         self.session.abort(None)
-        self.notify("aborting all sides")
+        self.notify("aborting " + ", ".join(running))
 
     def action_rerun_focused(self) -> None:
         self._rerun(self.focused_side())
@@ -232,7 +406,8 @@ class KvtuiApp(App[int]):
     # -- replay controls (shown only when the session is a replay) -----------------------------------
 
     REPLAY_ACTIONS = frozenset({"pause", "faster", "slower", "restart", "jump_to_end"})
-    LIVE_ACTIONS = frozenset({"abort_focused", "abort", "abort_all", "rerun_focused", "rerun_all", "save"})
+    LIVE_ACTIONS = frozenset({"abort_focused", "abort", "abort_first", "abort_last", "abort_all", "rerun_focused",
+                              "rerun_all", "save"})
 
     @property
     def replaying(self) -> bool:
@@ -310,9 +485,7 @@ class KvtuiApp(App[int]):
     def _on_signal(self) -> None:
         """A signal quits like `q` (servers stopped, record saved); a second one does not wait for that."""
         if self._interrupted:
-            getattr(self.session, "kill_now", lambda: None)()
-            self._finalize()
-            self.exit(EXIT_RUN_FAILED)
+            self._quit_now()
             return
         self._interrupted = True
         self.call_later(self.action_quit)
@@ -322,35 +495,77 @@ class KvtuiApp(App[int]):
         if finalize is not None:
             finalize(SessionStatus.ABORTED)
 
-    async def action_quit(self) -> None:
-        """Stop the servers, save the record, leave."""
+    def action_quit(self) -> None:  # type: ignore[override]
+        """Stop the servers, save the record, leave; in a worker, so keys (a second ctrl+c) still work meanwhile."""
         if self._quitting:
             return
         self._quitting = True
+        if self._session_running:
+            self.notify("stopping the servers and saving the record (ctrl+c again: quit now)")
+        self.run_worker(self._stop_and_exit(), group="quit", exclusive=True, exit_on_error=False)
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: quit like `q`; pressed again while the servers stop, quit at once."""
+        if self._quitting:
+            self._quit_now()
+        else:
+            self.action_quit()
+
+    async def _stop_and_exit(self) -> None:
         self.session.abort(None)
         self.workers.cancel_group(self, "session")
         await self.session.aclose()
         self._finalize()
+        self.exit(self._exit_code())
+
+    def _quit_now(self) -> None:
+        """Kill the servers (SIGKILL), finalize the record, exit: no waiting for anything."""
+        self._killed = True
+        getattr(self.session, "kill_now", lambda: None)()
+        self._finalize()
+        self.exit(self._exit_code())
+
+    def _exit_code(self) -> int:
         # sides you aborted yourself are not failures; a crashed or erroring side, or a signal, is
-        self.exit(EXIT_RUN_FAILED if self._failed() or self._interrupted else EXIT_OK)
+        return EXIT_RUN_FAILED if self._failed() or self._interrupted else EXIT_OK
 
     def _failed(self) -> bool:
         return any(s.status in FAILED for s in self.state.sides)
 
     async def on_unmount(self) -> None:
-        await self.session.aclose()
+        if not self._killed:  # after a second ctrl+c (or signal) nothing is waited for
+            await self.session.aclose()
 
 
-def run_app(prepared: Any, force: bool = False) -> int:
-    """Open the app on a prepared live session; returns the exit code."""
+def run_app(prepared: Any, force: bool = False, *, auto_pilot: Any = None) -> int:
+    """Open the app on a prepared live session; on exit print where the record went. Returns the exit code.
+
+    Args:
+        prepared: from :func:`kvtui.core.run.prepare.prepare`.
+        force: start a parallel run that will not fit without asking.
+        auto_pilot: for tests: drive the app headless with this Pilot coroutine.
+    """
     from kvtui.core.run.live import LiveSession
 
     session = LiveSession(prepared)
+    records = [prepared.record_path]
     app = KvtuiApp(session, force=force)
-    app.handle_signals = True
+    app.handle_signals = auto_pilot is None
     try:
-        code = app.run()
+        code = app.run(headless=auto_pilot is not None, auto_pilot=auto_pilot)
     finally:  # however the app ended (an exception too): no server left, the record finalized
         session.kill_now()
         session.recorder.finalize_partial(SessionStatus.ABORTED)
+        records.append(session.prepared.record_path)  # R (rerun all) starts a new record
+        for line in exit_lines(records):
+            print(line)
     return code if isinstance(code, int) else EXIT_OK
+
+
+def exit_lines(records: list[Any]) -> list[str]:
+    """``record: PATH`` and the command that replays it, for each record file the app wrote."""
+    out = []
+    for path in dict.fromkeys(p for p in records if p is not None):
+        if os.path.exists(path):
+            out += [f"record: {path}", f"replay: kvtui replay {shlex.quote(str(path))}"]
+    return out

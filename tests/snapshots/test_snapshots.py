@@ -28,7 +28,7 @@ def midpoint(name: str) -> float:
 
 async def settle(pilot) -> None:
     await pilot.app.workers.wait_for_complete()
-    await pilot.pause(0.6)  # text flushes at 15 Hz, figures at 4 Hz
+    await pilot.pause(0.8)  # a text frame (8 Hz) and a figures frame (2 Hz)
 
 
 def test_running(snap_compare) -> None:
@@ -59,3 +59,26 @@ def test_help_screen(snap_compare) -> None:
         await pilot.pause(0.2)
 
     assert snap_compare(frozen_app("demo.toml"), terminal_size=SIZE, run_before=open_help)
+
+
+# the smallest supported terminal, a common one, and a large one (tests/ui/test_sizes.py checks what stays visible)
+
+
+def test_running_80x24(snap_compare) -> None:
+    assert snap_compare(frozen_app("demo.toml", midpoint("demo.toml")), terminal_size=(80, 24), run_before=settle)
+
+
+def test_finished_80x24(snap_compare) -> None:
+    assert snap_compare(frozen_app("demo.toml"), terminal_size=(80, 24), run_before=settle)
+
+
+def test_loop_flagged_80x24(snap_compare) -> None:
+    assert snap_compare(frozen_app("loop.toml"), terminal_size=(80, 24), run_before=settle)
+
+
+def test_running_120x40(snap_compare) -> None:
+    assert snap_compare(frozen_app("demo.toml", midpoint("demo.toml")), terminal_size=(120, 40), run_before=settle)
+
+
+def test_finished_200x50(snap_compare) -> None:
+    assert snap_compare(frozen_app("demo.toml"), terminal_size=(200, 50), run_before=settle)

@@ -36,10 +36,10 @@ async def test_badge_details_and_flag(tmp_path: Path, server_binary, no_leftover
     app = KvtuiApp(LiveSession(prepare(prof, server_bin=str(server_binary.path), record=str(tmp_path / "r.toml"))))
     async with app.run_test(size=(150, 42)) as pilot:
         await wait_for(pilot, lambda: not app._session_running and len(app.state.sides) == 2, timeout=180)
-        await pilot.pause(0.3)
         assert [s.ran_with.rotation for s in app.state.sides] == ["K+V", "off"]
-        strip = str(app.query_one(ComparisonStrip).render())
-        assert "not comparable: rotation differs" in strip, strip
+        # the strip redraws on the app's next figures frame after the last run ended (a few per second)
+        await wait_for(pilot, lambda: "not comparable: rotation differs" in str(app.query_one(ComparisonStrip).render()),
+                       timeout=10)
         await pilot.press("l")
         await pilot.pause(0.3)
         screen = app.screen

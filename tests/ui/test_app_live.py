@@ -40,7 +40,7 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
         # both panes stream
         await wait_for(pilot, lambda: len(state.sides) == 2 and all(s.tokens >= 5 for s in state.sides))
         await pilot.pause(0.2)
-        texts = [p.query_one("TextArea").text for p in app.query(GenerationPane)]
+        texts = [p.view.text for p in app.query(GenerationPane)]
         assert all(texts), "both panes show streamed text"
         # abort the left side; the right one keeps going
         await pilot.press("left_square_bracket")
@@ -56,9 +56,31 @@ async def test_stream_abort_rerun_quit(tmp_path: Path, server_binary, no_leftove
         await pilot.press("x")
         await wait_for(pilot, lambda: state.sides[0].stop == "aborted")
         await pilot.press("q")
+        await wait_for(pilot, lambda: app.return_code is not None, timeout=30)  # servers stop in a worker
     assert app.return_value == 0
     data = read_record(record)
     left, right = data.sides
     assert [r.stop for r in left.runs] == ["aborted", "aborted"]
     assert left.runs[0].predicted_n > 0 and left.runs[1].run == 1
     assert right.runs[0].stop in ("length", "eos") and right.status in ("done", "looping")
+
+
+def test_quitting_prints_the_record_and_how_to_replay_it(tmp_path: Path, server_binary, capsys,
+                                                         no_leftover_servers) -> None:
+    """run_app, as `kvtui run` calls it: q, then the record's path and the replay command on the terminal."""
+    from kvtui.ui.app import run_app
+
+    profile = load_profile(REPO / "profiles" / "demo.toml")
+    profile = replace(profile, sampling=replace(profile.sampling, n_predict=8))
+    record = tmp_path / "my run.toml"
+    prepared = prepare(profile, server_bin=str(server_binary.path), record=str(record))
+
+    async def quit_when_done(pilot) -> None:
+        await wait_for(pilot, lambda: pilot.app.state.finished is not None)
+        await pilot.press("q")
+
+    code = run_app(prepared, auto_pilot=quit_when_done)
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-2:] == [f"record: {record}", f"replay: kvtui replay '{record}'"]
+    assert read_record(record).status == "done"

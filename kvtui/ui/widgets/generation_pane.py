@@ -7,13 +7,14 @@ import re
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Static, TextArea
-from textual.widgets.text_area import Selection
+from textual.widgets import Static
 
-from kvtui.core.view import SideState
+from kvtui.core.view import LOAD_PHASES, SideState
 from kvtui.core.vocab import FAILED, SideStatus, StopReason
-from kvtui.ui.widgets.memory_meter import MemoryMeter
+from kvtui.ui.widgets.memory_meter import memory_text
 from kvtui.ui.widgets.rate_gauge import RateGauge
+from kvtui.ui.widgets.stream_text import StreamText
+from kvtui.ui.widgets.text_lines import TextLines
 
 STATUS_STYLE: dict[str, str] = {
     SideStatus.WAITING: "dim", SideStatus.STARTING: "yellow", SideStatus.LOADING: "yellow",
@@ -30,7 +31,9 @@ def _log_message(line: str) -> str:
 
 
 MAX_LINES = 400  # the pane keeps the tail of a long generation (the record keeps all of it): bounded redraw cost
+NARROW = 64  # below this many columns of content a pane uses its compact layout (80x24 with two sides)
 STATE_CLASSES = ("-streaming", "-looping", "-crashed", "-done", "-waiting", "-aborted")
+TIMED = ("generating", "looping")  # statuses whose figures change with time alone (the current rate decays)
 
 
 class GenerationPane(Vertical):
@@ -46,8 +49,8 @@ class GenerationPane(Vertical):
         super().__init__(id=f"pane-{index}", classes="pane")
         self.index = index
         self._loop_marked: tuple[int, int] | None = None
-        self._trimmed = 0  # characters cut from the top of the pane
         self._shown: SideState | None = None
+        self._drawn: tuple[int, int, bool] | None = None  # (version, the reference side's version, narrow) drawn
         self._last: dict[str, object] = {}  # what each part shows now: unchanged parts are not redrawn
 
     @property
@@ -56,65 +59,81 @@ class GenerationPane(Vertical):
         sides = self.app.state.sides
         return sides[self.index] if self.index < len(sides) else None
 
+    @property
+    def narrow(self) -> bool:
+        return self.has_class("-narrow")
+
+    @property
+    def _trimmed(self) -> int:
+        """Characters cut from the top of the shown text (it keeps a tail)."""
+        return self.view.trimmed
+
     def compose(self) -> ComposeResult:
-        yield RateGauge()
-        yield Static(classes="pane-figures")
-        yield MemoryMeter()
-        yield Static(classes="pane-alert")
-        yield TextArea("", read_only=True, soft_wrap=True, show_cursor=False, classes="pane-text")
+        # kept as attributes: looked up once, not on every frame
+        self.gauge = RateGauge()
+        self.figures = TextLines(classes="pane-figures")  # the figures and the memory lines, repainted line by line
+        self.alert = Static(classes="pane-alert")
+        self.view = StreamText(MAX_LINES, classes="pane-text")
+        yield from (self.gauge, self.figures, self.alert, self.view)
 
     def on_mount(self) -> None:
         self.refresh_view()
 
-    def flush(self) -> None:
-        """Write the text that arrived since the last flush (the app calls this on a timer)."""
+    def on_resize(self) -> None:
+        narrow = self.content_region.width < NARROW
+        if narrow != self.narrow:
+            self.set_class(narrow, "-narrow")
+        self.refresh_view(force=True)  # the memory line fits itself to the width
+
+    def flush(self) -> bool:
+        """Write the text that arrived since the last flush (the app calls this on a timer).
+
+        Returns:
+            Whether anything was written.
+        """
         s = self.state
         if s is None:
-            return
-        area = self.query_one(TextArea)
+            return False
         if s is not self._shown:  # a new session: start from an empty pane
-            self._shown, s.reset_text, self._last = s, True, {}
+            self._shown, s.reset_text, self._last, self._drawn = s, True, {}, None
+        if not s.pending and not s.reset_text and (s.loop is None or self._loop_marked == s.loop[:2]):
+            return False
+        view = self.view
         if s.reset_text:
             s.reset_text = False
             self._loop_marked = None
-            self._trimmed = 0
-            area.load_text("")
+            view.clear()
         if s.pending:
             chunk = "".join(s.pending)
             s.pending.clear()
-            at_bottom = area.scroll_y >= area.max_scroll_y - 1
-            area.insert(chunk, area.document.end, maintain_selection_offset=True)
-            excess = area.document.line_count - MAX_LINES
-            if excess > MAX_LINES // 4:  # trim in steps, not on every flush
-                self._trimmed += len(area.get_text_range((0, 0), (excess, 0)))
-                area.delete((0, 0), (excess, 0), maintain_selection_offset=False)
-            if at_bottom:
-                area.scroll_end(animate=False, immediate=False)
-        self._mark_loop(area)
+            view.append(chunk)
+        if s.loop is not None and self._loop_marked != s.loop[:2]:  # mark the looping region, once per loop
+            self._loop_marked = s.loop[:2]
+            view.highlight_from(s.loop_char_offset())
+        return True
 
-    def _mark_loop(self, area: TextArea) -> None:
-        """Select the looping region so it stands out, once per loop found."""
-        s = self.state
-        assert s is not None
-        offset = s.loop_char_offset()
-        if offset is None or s.loop is None or self._loop_marked == (s.loop[0], s.loop[1]):
-            return
-        self._loop_marked = (s.loop[0], s.loop[1])
-        doc = area.document
-        start = doc.get_location_from_index(max(0, min(offset - self._trimmed, len(area.text))))
-        area.selection = Selection(start, doc.end)
-
-    def refresh_view(self, now: float | None = None) -> None:
-        """Redraw title, status, gauges and figures from the state."""
+    def refresh_view(self, now: float | None = None, *, force: bool = False) -> None:
+        """Redraw title, status, gauges and figures from the state, if anything they show can have changed."""
         s = self.state
         if s is None:
             return
-        title = f"[b]{s.name}[/b] · [$accent]{s.cache_label}[/]"
+        sides = self.app.state.sides
+        ref = sides[1 if self.index == 0 else 0] if len(sides) > 1 else s  # divergence compares with it
+        drawn = (s.version, ref.version, self.narrow)
+        if drawn == self._drawn and s.status not in TIMED and s.status not in LOAD_PHASES and not force:
+            return  # nothing new, and nothing that changes with time alone
+        self._drawn = drawn
+        if s.status not in TIMED and not s.pending:
+            self.view.settle()  # the stream has ended: no room needed below its text
+        cache = f"K/V {s.cache_type_k}" if self.narrow and s.cache_type_k == s.cache_type_v else s.cache_label
+        title = f"[b]{s.name}[/b] · [$accent]{cache}[/]"
         if self._changed("title", title):
             self.border_title = title
         status = s.status
         if s.loop is not None:
             status = f"LOOP {s.loop[0]}-token cycle ×{s.loop[2]}"
+        elif s.status in LOAD_PHASES and s.phase_t is not None and now is not None:
+            status = f"{s.status} {max(0.0, now - s.phase_t):.0f} s"
         style = STATUS_STYLE.get(SideStatus.LOOPING if s.loop else s.status, "")
         subtitle = f"[{style}] {status} [/]" if style else f" {status} "
         if self._changed("subtitle", subtitle):
@@ -124,19 +143,21 @@ class GenerationPane(Vertical):
         final = None
         if s.stop is not None:
             final = s.predicted_per_second if not own else (s.client_tokens_per_second or s.meter.average)
-        gauge = (s.meter.current(now), s.meter.average, tuple(s.rates), final, own)
+        current = s.meter.current(now)
+        gauge = (None if current is None else round(current, 1), s.meter.average, len(s.buckets),
+                 s.buckets[-1] if s.buckets else 0, final, own)
         if self._changed("gauge", gauge):
-            self.query_one(RateGauge).show(gauge[0], gauge[1], s.rates, final, own=own)
-        figures = self._figures()
-        if self._changed("figures", figures.plain):
-            self.query_one(".pane-figures", Static).update(figures)
+            self.gauge.show(current, s.meter.average, s.rates, final, own=own)
         memory = (s.mem_source, s.mem_mib, s.mem_peak_mib, s.device_total_mib, s.device_used_mib, s.kv_cache_mib,
                   s.kv_estimate_mib)
-        if self._changed("memory", memory):
-            self.query_one(MemoryMeter).show(*memory)
+        figures = self._figures()
+        if self._changed("figures", (figures.plain, memory, self.content_region.width)):
+            figures.append("\n")
+            figures.append_text(memory_text(*memory, width=self.content_region.width))
+            self.figures.set_lines(figures.split("\n"))
         alert = self._alert()
         if self._changed("alert", alert.plain):
-            self.query_one(".pane-alert", Static).update(alert)
+            self.alert.update(alert)
             self.set_class(bool(alert), "-alert")
         classes = {
             "-streaming": s.status == SideStatus.GENERATING, "-looping": s.loop is not None,
@@ -155,18 +176,31 @@ class GenerationPane(Vertical):
     def _figures(self) -> Text:
         s = self.state
         assert s is not None
-        t = Text()
-        t.append("TTFT ", style="dim")
+        narrow = self.narrow
+        t = Text(no_wrap=True, overflow="ellipsis")
+        gap = "  " if narrow else "   "
+        if narrow:
+            t.append(f"{s.tokens:,}")
+            t.append(" tok", style="dim")
+        t.append(f"{gap if narrow else ''}TTFT ", style="dim")
         t.append(f"{s.ttft_ms:,.0f} ms" if s.ttft_ms is not None else "–")
-        t.append("   pp ", style="dim")
-        t.append(f"{s.prompt_per_second:,.1f} t/s" if s.prompt_per_second is not None else "–")
-        t.append("   tokens ", style="dim")
-        t.append(f"{s.tokens:,}")
+        t.append(f"{gap}pp ", style="dim")
+        if s.prompt_per_second is None:
+            t.append("–")
+        else:
+            t.append(f"{s.prompt_per_second:,.0f}" if narrow else f"{s.prompt_per_second:,.1f} t/s")
+        if not narrow:
+            t.append(f"{gap}tokens ", style="dim")
+            t.append(f"{s.tokens:,}")
+        tail = Text()
         if s.stop:
-            t.append("   stop ", style="dim")
-            t.append(s.stop, style="bold red" if s.stop in (StopReason.LOOP, StopReason.ERROR) else "bold")
+            tail.append("stop ", style="dim")
+            tail.append(s.stop, style="bold red" if s.stop in (StopReason.LOOP, StopReason.ERROR) else "bold")
         if s.run:
-            t.append(f"   run {s.run + 1}", style="dim")
+            tail.append(f"{gap if tail else ''}run {s.run + 1}", style="dim")
+        if tail:
+            t.append("\n" if narrow else gap)
+            t.append_text(tail)
         div = self.app.state.divergence(self.index)
         if div is not None:
             ref, first = div
