@@ -202,8 +202,13 @@ def divergence_lines(record: dict[str, Any]) -> list[str]:
             text += f"; first different token at {statistics.median(firsts):g} (median)"
         text += f"; aligned agreement {statistics.mean(c['alignment'] for c in cs):.0%}"
         top1 = [c["top1_agreement"] for c in cs if "top1_agreement" in c]
-        kls = [c["kl_mean"] for c in cs if "kl_mean" in c]
+        # records before the sound bound stored kl_mean alone (with a 1e-6 floor): not shown
+        kls = [c for c in cs if "kl_mean" in c and "kl_positions" in c]
         if top1:
-            text += f"; top-1 agreement {statistics.mean(top1):.1%}, KL {statistics.mean(kls):.4f} nats"
+            text += f"; top-1 agreement {statistics.mean(top1):.1%}"
+        if kls:
+            mean = sum(c["kl_mean"] * c["kl_positions"] for c in kls) / max(sum(c["kl_positions"] for c in kls), 1)
+            text += (f", KL >= {mean:.4f} nats (lower bound from top-{min(c['kl_top_n'] for c in kls)}, "
+                     f"over {sum(c['kl_positions'] for c in kls)} positions; kvtui score measures it properly)")
         out.append(text)
     return out
