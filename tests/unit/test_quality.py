@@ -201,3 +201,20 @@ def test_speculative_side_is_refused_with_the_argument_and_why() -> None:
         check_not_speculative("q8_0", ["-ctk", "q8_0", "-md", "small.gguf"])
     assert speculative_argument([], {"LLAMA_ARG_SPEC_TYPE": "ngram-mod"}) == "$LLAMA_ARG_SPEC_TYPE=ngram-mod"
     assert speculative_argument([], {"LLAMA_ARG_SPEC_TYPE": "none"}) is None
+
+
+def test_headless_table_shows_every_side_and_the_noise_floor() -> None:
+    from rich.console import Console
+
+    from kvtui.score_cli import print_report
+
+    s = summarize([PositionStat(0.01, 0.1, True, 1.0, 1.1)] * 20, side="q4_0", base="f16", top_k=100)
+    noise = summarize([PositionStat(0.0, 0.1, True, 1.0, 1.0)] * 20, side="f16 (2nd server)", base="f16", top_k=100)
+    report = ScoreReport(base="f16", top_k=100, ctx=512, chunks=1, positions=20, text_tokens=600, sides=(s,),
+                         noise_floor=noise, kv_types={"f16": "K f16 / V f16", "q4_0": "K q4_0 / V q4_0"})
+    console = Console(record=True, width=200)
+    print_report(console, report)
+    out = console.export_text()
+    assert "against f16" in out and "f16 (2nd server)" in out and "noise floor" in out
+    assert "q4_0" in out and "K q4_0 / V q4_0" in out and "0.01000 ± 0.00000" in out
+    assert "20 positions" in out and "top-100" in out and "lower bound" in out
