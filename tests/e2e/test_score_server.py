@@ -46,3 +46,46 @@ def test_a_speculative_side_is_refused_before_any_server_starts(tmp_path: Path, 
     assert proc.returncode == 2
     assert "q8_0: -md turns on speculative decoding" in proc.stderr and "kvtui: fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_scoring_a_generation_through_running_servers(tmp_path: Path, server_binary, model_path,
+                                                       no_leftover_servers) -> None:
+    """The API a normal run uses once generation ends: running servers, one prompt + generation segment."""
+    import asyncio
+
+    import httpx
+
+    from kvtui.core.quality.scoring import generation_segment, score_endpoints
+    from kvtui.core.quality.teacher import Endpoint, Teacher, new_client
+    from kvtui.core.server import LlamaServer
+
+    async def main() -> dict:
+        servers = {name: LlamaServer(server_binary, ["-m", str(model_path), "-c", "512", "-np", "1", "-fa", "on",
+                                                     "-ctk", name, "-ctv", name, "--host", "127.0.0.1", "-t", "1",
+                                                     "--swa-full"], tmp_path / f"{name}.log")
+                   for name in ("f16", "q8_0")}
+        try:
+            async with new_client() as http:
+                for srv in servers.values():
+                    await srv.start()
+                    await srv.wait_ready(http)
+                f16 = servers["f16"]
+                r = await http.post(f16.base_url + "/completion", headers=f16.headers, timeout=120,
+                                    json={"prompt": "The lighthouse keeper", "n_predict": 24, "temperature": 0,
+                                          "return_tokens": True})
+                generated = r.json()["tokens"]
+                assert len(generated) == 24
+                endpoints = [Endpoint(n, s.base_url, s.api_key) for n, s in servers.items()]
+                seg = await generation_segment(Teacher(http, endpoints[0], 20), "The lighthouse keeper", generated)
+                assert seg.positions == 24 and seg.tokens[seg.first + 1:] == tuple(generated)
+                return await score_endpoints(http, endpoints, [seg], base="f16", top_k=20)
+        except httpx.HTTPError as exc:  # pragma: no cover - shows the server log on failure
+            raise AssertionError(str(exc)) from exc
+        finally:
+            for srv in servers.values():
+                await srv.stop()
+
+    scores = asyncio.run(main())
+    q8 = scores["q8_0"]
+    assert set(scores) == {"q8_0"} and q8.positions == 24 and q8.top_k == 20 and q8.base == "f16"
+    assert 0 <= q8.kld_mean < 1 and 0 < q8.same_top_pct <= 100 and q8.ppl_ratio is not None

@@ -126,6 +126,16 @@ def text_segments(tokens: Sequence[int], ctx: int, chunks: int | None = None, bo
     return out
 
 
+async def generation_segment(teacher: Teacher, prompt: str, generated: Sequence[int]) -> Segment:
+    """A prompt and the tokens generated after it, scored from the first generated token on.
+
+    The prompt is tokenized by the server as ``/completion`` tokenizes a text
+    prompt (with the model's BOS); a chat prompt must be templated first.
+    """
+    tokens = await teacher.tokenize(prompt)
+    return Segment(tuple(tokens) + tuple(generated), max(len(tokens) - 1, 0))
+
+
 def choose_base(sides: Sequence[tuple[str, str, str]], wanted: str | None = None) -> str:
     """The base side: ``wanted``, else the first side with an f16 K and V cache, else the first side.
 
