@@ -218,3 +218,18 @@ def test_headless_table_shows_every_side_and_the_noise_floor() -> None:
     assert "against f16" in out and "f16 (2nd server)" in out and "noise floor" in out
     assert "q4_0" in out and "K q4_0 / V q4_0" in out and "0.01000 ± 0.00000" in out
     assert "20 positions" in out and "top-100" in out and "lower bound" in out
+
+
+def test_collector_pairs_positions_in_any_order_and_lets_go_of_the_base() -> None:
+    from kvtui.core.quality.scoring import _Collector
+
+    c = _Collector("f16", others=2)
+    p = pos({1: 0.5, 2: 0.3}, actual=2, p_actual=0.3)
+    q = pos({1: 0.4, 2: 0.4}, actual=2, p_actual=0.4)
+    c.add("q8_0", 0, q)  # ahead of the base: waits
+    assert c.pending["q8_0"] and not c.stats
+    c.add("f16", 0, p)
+    c.add("q4_0", 0, q)
+    assert len(c.stats["q8_0"]) == len(c.stats["q4_0"]) == 1 and not c.pending["q8_0"]
+    assert c.base_positions == {}  # both other sides compared at 0: the base's position is dropped
+    assert c.stats["q8_0"][0].kld == pytest.approx(compare_position(p, q).kld, abs=1e-6)  # float32 storage

@@ -157,27 +157,39 @@ def choose_base(sides: Sequence[tuple[str, str, str]], wanted: str | None = None
 
 
 class _Collector:
-    """Compares every side's positions with the base's as they arrive; keeps the base's, compactly."""
+    """Compares every side's positions with the base's as they arrive.
 
-    def __init__(self, base: str) -> None:
+    The base's positions are kept (compactly: 4-byte ids and float32
+    log-probabilities, which is the precision the server computes them in)
+    until every other side has been compared at that position.
+    """
+
+    def __init__(self, base: str, others: int) -> None:
         self.base = base
+        self.others = others
         self.base_positions: dict[int, Position] = {}
+        self.uses: dict[int, int] = {}
         self.pending: dict[str, dict[int, Position]] = {}
         self.stats: dict[str, list[PositionStat]] = {}
 
     def add(self, name: str, index: int, pos: Position) -> None:
         if name == self.base:
-            pos = Position(array("i", pos.ids), array("d", pos.logprobs), pos.actual, pos.actual_logprob)
-            self.base_positions[index] = pos
+            self.base_positions[index] = Position(array("i", pos.ids), array("f", pos.logprobs), pos.actual,
+                                                  pos.actual_logprob)
             for other, waiting in self.pending.items():
                 if index in waiting:
-                    self.stats.setdefault(other, []).append(compare_position(pos, waiting.pop(index)))
+                    self._compare(other, index, waiting.pop(index))
             return
-        base = self.base_positions.get(index)
-        if base is None:
-            self.pending.setdefault(name, {})[index] = pos
+        if index in self.base_positions:
+            self._compare(name, index, pos)
         else:
-            self.stats.setdefault(name, []).append(compare_position(base, pos))
+            self.pending.setdefault(name, {})[index] = pos
+
+    def _compare(self, name: str, index: int, pos: Position) -> None:
+        self.stats.setdefault(name, []).append(compare_position(self.base_positions[index], pos))
+        self.uses[index] = self.uses.get(index, 0) + 1
+        if self.uses[index] >= self.others:
+            del self.base_positions[index], self.uses[index]
 
 
 async def score_endpoints(http: httpx.AsyncClient, endpoints: Sequence[Endpoint], segments: Sequence[Segment], *,
@@ -200,7 +212,7 @@ async def score_endpoints(http: httpx.AsyncClient, endpoints: Sequence[Endpoint]
     if base not in {e.name for e in endpoints}:
         raise ValueError(f"base {base!r} is not one of the endpoints")
     total = sum(s.positions for s in segments)
-    collector = _Collector(base)
+    collector = _Collector(base, len(endpoints) - 1)
     limit = asyncio.Semaphore(concurrency or len(endpoints))
 
     async def run(endpoint: Endpoint) -> None:
@@ -346,7 +358,7 @@ async def score_text(prepared: Prepared, text: str, settings: ScoreSettings,
 
     lock = asyncio.Lock()
     shared: dict[str, object] = {}
-    collector = _Collector(base)
+    collector = _Collector(base, len(jobs) - 1)
     slots = asyncio.Semaphore(concurrency)
     servers: list[LlamaServer] = []
 

@@ -69,7 +69,6 @@ class Teacher:
         self.endpoint = endpoint
         self.top_k = top_k
         self.retried = 0  # transport errors that a fresh connection fixed
-        self.evaluated = 0  # prompt tokens the server evaluated (1 per position once the cache is warm)
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         url = self.endpoint.base_url + path
@@ -118,10 +117,6 @@ class Teacher:
         if got != actual or not top:
             raise KvtuiError(f"{self.endpoint.name}: the server sampled token {got}, not the forced {actual}",
                              "speculative decoding or a grammar may be on; score without them", exit_code=1)
-        timings = data.get("timings") or {}
-        n = timings.get("prompt_n")
-        if isinstance(n, int):
-            self.evaluated += n
         return Position(ids, logprobs, actual, lp)
 
     async def segment(self, tokens: Sequence[int], first: int,
