@@ -23,7 +23,7 @@ examples:
   kvtui replay sessions/demo-20261129-170000.toml --speed 4
   kvtui show sessions/*.toml --format md
   kvtui doctor                            what kvtui found: server, model, GPUs
-  kvtui score profiles/demo.toml --text benchmarks/data/lighthouse.txt --json
+  kvtui score profiles/quality.toml --text benchmarks/data/lighthouse.txt   KL divergence vs f16
 exit codes: 0 done, 1 a run failed, 2 bad input
 """
 

@@ -152,23 +152,34 @@ def score_rows(report: ScoreReport) -> list[tuple[str, str, SideScore]]:
 
 
 def print_report(console: Any, report: ScoreReport) -> None:
-    """The headless table: one row per side against the base, the noise floor first."""
+    """The headless table, laid out like llama-perplexity's summary: a row per figure, a column per side."""
     from rich.table import Table
 
+    rows = score_rows(report)
     table = Table(title=f"kvtui score: every side against {report.base} ({report.kv_types.get(report.base, '')})",
                   title_justify="left")
-    for col in ("side", "KV types", "mean KLD", "median", "p90", "p99", "p99.9", "max", "same top %",
-                "RMS Δp %", "mean Δp %", "PPL ratio"):
-        table.add_column(col, justify="left" if col in ("side", "KV types") else "right")
-    for label, kv, s in score_rows(report):
-        table.add_row(label, kv, _pm(s.kld_mean, s.kld_mean_unc, 5), f"{s.kld_median:.5f}", f"{s.kld_p90:.4f}",
-                      f"{s.kld_p99:.4f}", f"{s.kld_p999:.4f}", f"{s.kld_max:.4f}",
-                      _pm(s.same_top_pct, s.same_top_pct_unc, 2), _pm(s.rms_dp_pct, s.rms_dp_pct_unc, 3),
-                      _pm(s.mean_dp_pct, s.mean_dp_pct_unc, 3), _pm(s.ppl_ratio, s.ppl_ratio_unc, 4))
+    table.add_column("")
+    for label, kv, _ in rows:
+        table.add_column(f"{label}\n{kv}", justify="right")
+    figures: list[tuple[str, Any]] = [
+        ("mean KLD", lambda s: _pm(s.kld_mean, s.kld_mean_unc, 5)),
+        ("median KLD", lambda s: f"{s.kld_median:.5f}"),
+        ("90% KLD", lambda s: f"{s.kld_p90:.5f}"),
+        ("99% KLD", lambda s: f"{s.kld_p99:.5f}"),
+        ("99.9% KLD", lambda s: f"{s.kld_p999:.5f}"),
+        ("maximum KLD", lambda s: f"{s.kld_max:.5f}"),
+        ("same top %", lambda s: _pm(s.same_top_pct, s.same_top_pct_unc, 2)),
+        ("RMS Δp %", lambda s: _pm(s.rms_dp_pct, s.rms_dp_pct_unc, 3)),
+        ("mean Δp %", lambda s: _pm(s.mean_dp_pct, s.mean_dp_pct_unc, 3)),
+        ("ln(PPL/PPL base)", lambda s: _pm(s.ln_ppl_ratio, s.ln_ppl_ratio_unc, 5)),
+        ("PPL/PPL base", lambda s: _pm(s.ppl_ratio, s.ppl_ratio_unc, 4)),
+        ("PPL", lambda s: "-" if s.ppl is None else f"{s.ppl:.3f} (base {s.ppl_base:.3f})"),
+        (f"beyond both top-{report.top_k}", lambda s: f"{s.unresolved_mean:.1%}"),
+    ]
+    for name, cell in figures:
+        table.add_row(name, *(cell(s) for _, _, s in rows))
     console.print(table)
-    unresolved = max((s.unresolved_mean for _, _, s in score_rows(report)), default=0.0)
     console.print(f"{report.positions:,} positions ({report.chunks} chunks of {report.ctx} tokens, the second half "
-                  f"of each), top-{report.top_k} per position, {report.seconds:.0f} s. KL divergence in nats, a "
-                  f"lower bound: {unresolved:.1%} of the base's probability (mean) lies beyond the tokens both "
-                  "sides listed and is counted as buckets.")
-
+                  f"of each), top-{report.top_k} per position, {report.seconds:.0f} s. KL divergence in nats: a lower "
+                  "bound, exact on the tokens both sides listed; the base's probability beyond them (the last row) "
+                  "is counted as buckets.")

@@ -218,6 +218,9 @@ def test_headless_table_shows_every_side_and_the_noise_floor() -> None:
     assert "against f16" in out and "f16 (2nd server)" in out and "noise floor" in out
     assert "q4_0" in out and "K q4_0 / V q4_0" in out and "0.01000 ± 0.00000" in out
     assert "20 positions" in out and "top-100" in out and "lower bound" in out
+    for row in ("mean KLD", "median KLD", "99.9% KLD", "maximum KLD", "same top %", "RMS Δp %", "mean Δp %",
+                "ln(PPL/PPL base)", "PPL/PPL base", "beyond both top-100"):
+        assert row in out, row
 
 
 def test_collector_pairs_positions_in_any_order_and_lets_go_of_the_base() -> None:

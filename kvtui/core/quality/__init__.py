@@ -6,4 +6,4 @@ chunks of a text.
 """
 
 DEFAULT_CTX = 512  # chunk length, llama-perplexity's -c
-DEFAULT_TOP_K = 100  # n_probs per position
+DEFAULT_TOP_K = 1000  # n_probs per position: the KLD bound reads about 3% low at 1000 on Gemma 3 270M, 16% at 100
