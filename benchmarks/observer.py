@@ -208,9 +208,9 @@ asyncio.run(main())
 
 def run_bare(profile_path: Path, folder: Path) -> dict:
     """The same servers and requests, streamed by a minimal client (no kvtui in the loop)."""
-    from kvtui.core.server.client import build_request
-    from kvtui.core.run.prepare import prepare
     from kvtui.core.profiles import load_profile
+    from kvtui.core.run.prepare import prepare
+    from kvtui.core.server.client import build_request
     from kvtui.core.server.process import free_port
 
     profile = load_profile(profile_path)

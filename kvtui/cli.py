@@ -1,4 +1,4 @@
-"""Command line: ``kvtui``, ``kvtui run``, ``kvtui replay``, ``kvtui show``, ``kvtui doctor``.
+"""Command line: ``kvtui``, ``kvtui run``, ``kvtui replay``, ``kvtui show``, ``kvtui score``, ``kvtui doctor``.
 
 Exit codes: 0 done, 1 a run failed (a server crashed, ...), 2 bad input.
 """
@@ -24,6 +24,7 @@ examples:
   kvtui show sessions/*.toml --format md
   kvtui doctor                            what kvtui found: server, model, GPUs
   kvtui doctor --server-bin PATH          ... and which K/V pairs run flash attention on the GPU with that build
+  kvtui score profiles/quality.toml --text benchmarks/data/lighthouse.txt   KL divergence vs f16
 exit codes: 0 done, 1 a run failed, 2 bad input
 """
 
@@ -67,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("records", nargs="+", help="session records (.toml)")
     sh.add_argument("--format", choices=("table", "md", "csv", "json"), default="table", help="output format")
 
+    from .score_cli import add_parser as add_score_parser
+
+    add_score_parser(sub)
+
     doc = sub.add_parser("doctor", help="show what kvtui found and whether a run can start")
     doc.add_argument("--model", help="GGUF model path to check (default: the demo profile's)")
     doc.add_argument("--server-bin", help="llama-server binary to check; also measures it: one short probe server "
@@ -87,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             from kvtui.show import show
 
             return show(args.records, args.format)
+        if args.command == "score":
+            from .score_cli import score
+
+            return score(args)
         if args.command == "replay":
             return replay(args.record, args.speed, args.headless)
         if args.command in (None, "run"):

@@ -264,11 +264,15 @@ def divergence_lines(record: SessionRecord) -> list[str]:
             text += f"; first different {unit} at {statistics.median(firsts):g} (median)"
         text += f"; aligned agreement {statistics.mean(c.alignment for c in cs):.0%}"
         top1 = [c.top1_agreement for c in cs if c.top1_agreement is not None]
-        kls = [c.kl_mean for c in cs if c.kl_mean is not None]
+        # records before the sound bound stored kl_mean alone (with a 1e-6 floor): not shown
+        kls = [c for c in cs if c.kl_mean is not None and c.kl_positions]
         if top1:
             text += f"; top-1 agreement {statistics.mean(top1):.1%}"
         if kls:
-            text += f", KL {statistics.mean(kls):.4f} nats"
+            n = sum(c.kl_positions or 0 for c in kls)
+            mean = sum((c.kl_mean or 0.0) * (c.kl_positions or 0) for c in kls) / max(n, 1)
+            text += (f", KL >= {mean:.4f} nats (lower bound from top-{min(c.kl_top_n or 0 for c in kls)}, "
+                     f"over {n} positions; kvtui score measures it properly)")
         if unit == "piece":
             text += " (compared by streamed pieces: the chat stream sent no token ids)"
         out.append(text)

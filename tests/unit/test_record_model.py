@@ -77,7 +77,7 @@ def full_record() -> SessionRecord:
         profile={"name": "demo", "sampling": {"seed": 42}}, sides=[side, Side("q4_0", "q4_0", "q4_0", url="http://127.0.0.1:8081", cache_types="declared",
                                             placement="http://127.0.0.1:8081", served_model="/m.gguf",
                                             memory_source="remote")],
-        comparisons=[Comparison("q8_0", "q4_0", "p", 1, False, 2, 0.5, 0.25, 0.9, 0.01)],
+        comparisons=[Comparison("q8_0", "q4_0", "p", 1, False, 2, 0.5, 0.25, 0.9, 0.01, 5, 3)],
         fairness=[Fairness("q8_0", "q4_0", ("rotation differs: K+V vs off",))],
         verdicts=[Verdict("q8_0", "q4_0", "tg", 6, 6, 0, 0.03125, 4.5, True, "sign test",
                           "not comparable: rotation differs: K+V vs off")])

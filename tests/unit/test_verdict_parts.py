@@ -7,7 +7,7 @@ import math
 import pytest
 
 from kvtui.core.quality.checks import check_text
-from kvtui.core.quality.divergence import alignment, compare, first_divergence, kl
+from kvtui.core.quality.divergence import alignment, compare, first_divergence, kl_lower_bound
 from kvtui.core.quality.paired import paired_pass, paired_speed, sign_test_p
 
 ANSWER = '''Here is the client.
@@ -78,13 +78,22 @@ def test_first_divergence_and_alignment() -> None:
 
 def test_kl_and_top1_on_the_common_prefix() -> None:
     p = {1: 0.7, 2: 0.2, 3: 0.1}
-    assert kl(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert kl_lower_bound(p, p) == pytest.approx(0.0, abs=1e-12)
     q = {1: 0.6, 2: 0.3, 4: 0.1}
-    assert kl(p, q) > 0
+    assert kl_lower_bound(p, q) > 0
+    # tokens 1 and 2 count exactly; 3 and 4, each missing from one list, and the unlisted rest (0.1 on both
+    # sides) can be in the same proportion on both sides, so they add nothing to the bound
+    p2, q2 = {1: 0.6, 2: 0.2, 3: 0.1}, {1: 0.5, 2: 0.3, 4: 0.1}
+    assert kl_lower_bound(p2, q2) == pytest.approx(0.6 * math.log(0.6 / 0.5) + 0.2 * math.log(0.2 / 0.3), abs=1e-9)
+    # a likely token (0.45) missing from the other list has at most that side's unlisted mass there (0.05),
+    # and the other side's unlisted tokens (0.45) at most the base's (0.05): no 1e-6 floor, a bound
+    assert kl_lower_bound({1: 0.5, 2: 0.45}, {1: 0.5, 3: 0.4, 4: 0.05}) == pytest.approx(
+        0.45 * math.log(0.45 / 0.05) + 0.05 * math.log(0.05 / 0.45), abs=1e-3)
     d = compare([1, 1, 5], [1, 1, 6], [p, p, {5: 0.6, 6: 0.4}], [p, q, {6: 0.55, 5: 0.45}])
     assert d.first == 2 and d.prefix_agreement == pytest.approx(2 / 3)
     assert d.top1_agreement == pytest.approx(2 / 3)  # the divergence point's argmax differs
     assert d.kl_mean > 0 and math.isfinite(d.kl_mean)
+    assert d.to_dict()["kl_top_n"] == 2 and d.to_dict()["kl_positions"] == 3
     same = compare([1, 2], [1, 2])
     assert same.first is None and same.to_dict()["identical"] is True and same.top1_agreement is None
 

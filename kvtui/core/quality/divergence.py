@@ -6,17 +6,20 @@ texts differ. ``first_divergence`` finds that token; ``alignment`` measures how
 much of the two sequences still lines up after it. With ``n_probs`` the server
 sends each token's top-N probabilities, so on the common prefix (identical
 context on both sides) kvtui compares the two distributions directly: top-1
-agreement and an approximate KL divergence over the union of the top-N.
+agreement and a lower bound of the KL divergence from the two top-N lists
+(``quality.kld``: tokens missing from one list are bounded, never given an
+invented probability). It is a rough figure, over the few positions two free
+generations share; ``kvtui score`` measures quality properly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-FLOOR = 1e-6  # probability given to a token outside the other side's top-N
+from kvtui.core.quality.kld import Position, compare_position
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,9 @@ class Divergence:
     prefix_agreement: float  # share of positions equal before the first divergence
     alignment: float  # matched tokens / longer length, after aligning the two sequences
     top1_agreement: float | None = None  # over the common prefix, from n_probs
-    kl_mean: float | None = None  # mean KL(base || other) over the common prefix, nats
+    kl_mean: float | None = None  # lower bound of the mean KL(base || other) over the common prefix, nats
+    kl_top_n: int | None = None  # the bound came from top-N lists of this length (the shortest)
+    kl_positions: int | None = None  # over this many positions
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {"prefix_agreement": round(self.prefix_agreement, 4),
@@ -38,6 +43,8 @@ class Divergence:
             d["top1_agreement"] = round(self.top1_agreement, 4)
         if self.kl_mean is not None:
             d["kl_mean"] = round(self.kl_mean, 6)
+            d["kl_top_n"] = self.kl_top_n
+            d["kl_positions"] = self.kl_positions
         return d
 
 
@@ -57,13 +64,17 @@ def alignment(a: Sequence[int], b: Sequence[int]) -> float:
     return sum(m.size for m in sm.get_matching_blocks()) / max(len(a), len(b))
 
 
-def kl(p: dict[int, float], q: dict[int, float]) -> float:
-    """KL(p || q) over the union of both top-N lists, each renormalised, missing mass at FLOOR."""
-    keys = set(p) | set(q)
-    ps = {k: max(p.get(k, 0.0), FLOOR) for k in keys}
-    qs = {k: max(q.get(k, 0.0), FLOOR) for k in keys}
-    zp, zq = sum(ps.values()), sum(qs.values())
-    return sum((ps[k] / zp) * math.log((ps[k] / zp) / (qs[k] / zq)) for k in keys)
+def kl_lower_bound(p: Mapping[int, float], q: Mapping[int, float]) -> float:
+    """A lower bound of KL(p || q) from two top-N lists (token id -> probability), in nats.
+
+    Tokens in both lists count exactly; the rest of the vocabulary is bounded as
+    ``quality.kld.compare_position`` does (masses and per-token limits only).
+    """
+    def pos(d: Mapping[int, float]) -> Position:
+        ids = [t for t, v in d.items() if v > 0]
+        return Position(ids, [math.log(d[t]) for t in ids])
+
+    return compare_position(pos(p), pos(q)).kld
 
 
 def compare(a: Sequence[int], b: Sequence[int], top_a: Sequence[dict[int, float]] | None = None,
@@ -80,12 +91,15 @@ def compare(a: Sequence[int], b: Sequence[int], top_a: Sequence[dict[int, float]
     shortest = min(len(a), len(b))
     prefix = shortest if first is None else first
     prefix_agreement = prefix / shortest if shortest else 1.0
-    top1 = kl_mean = None
+    top1 = kl_mean = top_n = None
+    pairs: list[tuple[dict[int, float], dict[int, float]]] = []
     if top_a and top_b:
         # positions whose context is identical on both sides: the common prefix and the divergence point
         n = min(len(top_a), len(top_b), prefix + 1)
         pairs = [(top_a[i], top_b[i]) for i in range(n) if top_a[i] and top_b[i]]
         if pairs:
             top1 = sum(1 for p, q in pairs if max(p, key=p.__getitem__) == max(q, key=q.__getitem__)) / len(pairs)
-            kl_mean = sum(kl(p, q) for p, q in pairs) / len(pairs)
-    return Divergence(first, prefix_agreement, alignment(a, b), top1, kl_mean)
+            kl_mean = sum(kl_lower_bound(p, q) for p, q in pairs) / len(pairs)
+            top_n = min(min(len(p), len(q)) for p, q in pairs)
+    return Divergence(first, prefix_agreement, alignment(a, b), top1, kl_mean, top_n,
+                      len(pairs) if kl_mean is not None else None)

@@ -328,7 +328,8 @@ def divergences(record: SessionRecord) -> list[Comparison]:
                 identical=d.first is None, first_divergence=d.first, prefix_agreement=round(d.prefix_agreement, 4),
                 alignment=round(d.alignment, 4),
                 top1_agreement=None if d.top1_agreement is None else round(d.top1_agreement, 4),
-                kl_mean=None if d.kl_mean is None else round(d.kl_mean, 6), basis=basis))
+                kl_mean=None if d.kl_mean is None else round(d.kl_mean, 6), kl_top_n=d.kl_top_n,
+                kl_positions=d.kl_positions, basis=basis))
     return out
 
 

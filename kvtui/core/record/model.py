@@ -210,8 +210,11 @@ class Comparison:
     alignment: float = key("matched tokens / the longer length, after aligning the two (difflib on token ids)", 0.0)
     top1_agreement: float | None = key("with `n_probs`: share of the common prefix whose most likely token agrees",
                                        None)
-    kl_mean: float | None = key("with `n_probs`: mean KL divergence of the two top-N distributions over the common "
-                                "prefix, nats", None)
+    kl_mean: float | None = key("with `n_probs`: a lower bound of the mean KL divergence over the common prefix, "
+                                "from the two top-N lists (tokens missing from one list are bounded, never given "
+                                "an invented probability), nats; `kvtui score` measures it properly", None)
+    kl_top_n: int | None = key("the shortest top-N list the bound came from", None)
+    kl_positions: int | None = key("positions the bound is a mean over", None)
     basis: str = key("what was compared: `ids` (token ids), or `pieces` (the streamed texts, for chat runs whose "
                      "stream carried no token ids)", "ids")
 
