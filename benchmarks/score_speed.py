@@ -1,6 +1,6 @@
 """How long `kvtui score` takes: f16, q8_0 and q4_0 of the bundled model teacher-forced over lighthouse.txt.
 
-    python benchmarks/score_speed.py                       # 9 chunks of 512 = 2,295 positions per side
+    python benchmarks/score_speed.py                       # 8 chunks of 520 = 2,072 positions per side
     python benchmarks/score_speed.py --top-k 100 --concurrency 3 --noise-floor
 
 The target (issue 13): 2,048 positions for 3 sides in under 4 minutes on a 2-core machine. The wall time
@@ -30,8 +30,8 @@ from kvtui.core.run.scoring import ScoreSettings, prepare_scoring, score_text  #
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--chunks", type=int, default=9)
+    ap.add_argument("--ctx", type=int, default=520)
+    ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     ap.add_argument("--concurrency", type=int)
     ap.add_argument("--noise-floor", action="store_true", help="also score a second f16 server (4 servers)")

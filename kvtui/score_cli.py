@@ -38,7 +38,8 @@ def add_parser(sub: Any) -> None:
     sc.add_argument("--base", metavar="SIDE", help="the side to compare with (default: the f16 side, else the first)")
     sc.add_argument("--no-noise-floor", action="store_true", help="skip the second server of the base's configuration")
     sc.add_argument("--concurrency", type=int, metavar="N",
-                    help="servers scored at once (default: one per CPU core; 1 in a sequential plan)")
+                    help="servers scored at once (default: all, each with its share of the cores; 1 in a "
+                         "sequential plan)")
     sc.add_argument("--model", help="GGUF model path (overrides the profile)")
     sc.add_argument("--server-bin", help="llama-server binary (overrides the profile and $KVTUI_LLAMA_SERVER)")
     sc.add_argument("--json", action="store_true", help="print the figures as JSON")
