@@ -52,7 +52,15 @@ class SyntheticSession:
         self.sinks: list = []
         self.t0 = time.monotonic()
         self.sent = 0
-        self.recorder = None
+        self.recorder = None  # nothing is recorded
+        self.plan = None
+        self.memory_source = None
+
+    def finalize(self, status: str) -> None:
+        return None
+
+    def kill_now(self) -> None:
+        return None
 
     def now(self) -> float:
         return time.monotonic() - self.t0

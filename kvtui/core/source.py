@@ -27,8 +27,12 @@ class EventSource(Protocol):
     sinks: list[Sink]
 
     @property
-    def recorder(self) -> SessionRecorder:
+    def recorder(self) -> SessionRecorder | None:
         """The record folded from the events so far (what summaries and the comparison strip read)."""
+
+    @property
+    def memory_source(self) -> str | None:
+        """How the servers' memory is measured: "nvml" (GPU), "rss" (they run on the CPU), None (a replay)."""
 
     @property
     def plan(self) -> Plan | None:

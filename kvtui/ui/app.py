@@ -19,7 +19,7 @@ import shlex
 import signal
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 from textual import work
@@ -31,6 +31,7 @@ from textual.widgets import Footer
 from kvtui.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
 from kvtui.core.events import Event
 from kvtui.core.quality.summary import comparisons, summarize, verdicts
+from kvtui.core.source import EventSource, ReplayControls
 from kvtui.core.view import LOAD_PHASES, SessionState
 from kvtui.core.vocab import FAILED, SessionStatus, SideStatus
 from kvtui.ui.logfollow import LogFollower
@@ -54,20 +55,6 @@ class Panes(Grid):
     """The panes' grid: it draws nothing itself, so Textual can skip painting it on every frame."""
 
     BLANK = True
-
-
-class Session(Protocol):
-    """What the app needs from a producer of events (live or replay)."""
-
-    sinks: list[Any]
-
-    async def run(self) -> str: ...
-    async def rerun(self, side: int | None = None) -> str: ...
-    def abort(self, side: int | None = None) -> None: ...
-    async def aclose(self) -> None: ...
-    def save(self) -> str | None: ...
-    def now(self) -> float: ...
-    def side_count(self) -> int: ...
 
 
 class KvtuiApp(App[int]):
@@ -103,7 +90,7 @@ class KvtuiApp(App[int]):
         Binding("end,e", "jump_to_end", "to end"),
     ]
 
-    def __init__(self, session: Session, *, replay_label: str = "", autostart: bool = True,
+    def __init__(self, session: EventSource, *, replay_label: str = "", autostart: bool = True,
                  force: bool = False) -> None:
         super().__init__()
         self.force = force
@@ -163,7 +150,7 @@ class KvtuiApp(App[int]):
         """Start the session, first asking when the plan says a parallel run will not fit."""
         from kvtui.core.run.plan import overcommit
 
-        plan = getattr(getattr(self.session, "prepared", None), "plan", None)
+        plan = self.session.plan
         refusal = None if self.force or plan is None else overcommit(plan)
         if refusal is None:
             self.start_session()
@@ -260,7 +247,7 @@ class KvtuiApp(App[int]):
             self._header.show(self.state.started, self.state.finished, self.replay_label, self._cpu_text)
 
     def _refresh_strip(self) -> None:
-        record = getattr(getattr(self.session, "recorder", None), "record", None)
+        record = self.session.recorder.record if self.session.recorder is not None else None
         runs = tuple(len(s.runs) for s in record.sides) if record else ()
         runs += (self.state.finished is not None,)
         if runs != self._runs_shown:  # the strip changes only when a run ends
@@ -274,8 +261,7 @@ class KvtuiApp(App[int]):
 
     def _servers_on_cpu(self) -> bool:
         """A live session whose servers run on the CPU (no NVIDIA GPU to measure): kvtui shares cores with them."""
-        probe = getattr(getattr(self.session, "prepared", None), "probe", None)
-        return not self.replaying and getattr(probe, "source", None) == "rss"
+        return not self.replaying and self.session.memory_source == "rss"
 
     def _clock_needed(self) -> bool:
         return self.state.loading() or (self._session_running and self._servers_on_cpu())
@@ -411,7 +397,11 @@ class KvtuiApp(App[int]):
 
     @property
     def replaying(self) -> bool:
-        return hasattr(self.session, "toggle_pause")
+        return isinstance(self.session, ReplayControls)
+
+    def _controls(self) -> ReplayControls:
+        assert isinstance(self.session, ReplayControls)  # replay actions are enabled only for a replay
+        return self.session
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.REPLAY_ACTIONS:
@@ -421,25 +411,27 @@ class KvtuiApp(App[int]):
         return True
 
     def action_pause(self) -> None:
-        paused = self.session.toggle_pause()  # type: ignore[attr-defined]
+        paused = self._controls().toggle_pause()
         self.notify("paused" if paused else "playing")
 
     def action_faster(self) -> None:
-        self.session.set_speed(self.session.speed * 2)  # type: ignore[attr-defined]
-        self.notify(f"speed x{self.session.speed:g}")  # type: ignore[attr-defined]
+        controls = self._controls()
+        controls.set_speed(controls.speed * 2)
+        self.notify(f"speed x{controls.speed:g}")
 
     def action_slower(self) -> None:
-        self.session.set_speed(self.session.speed / 2)  # type: ignore[attr-defined]
-        self.notify(f"speed x{self.session.speed:g}")  # type: ignore[attr-defined]
+        controls = self._controls()
+        controls.set_speed(controls.speed / 2)
+        self.notify(f"speed x{controls.speed:g}")
 
     def action_restart(self) -> None:
         if not self._session_running:
             self.start_session()
         else:
-            self.session.restart()  # type: ignore[attr-defined]
+            self._controls().restart()
 
     def action_jump_to_end(self) -> None:
-        self.session.jump_to_end()  # type: ignore[attr-defined]
+        self._controls().jump_to_end()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -477,7 +469,7 @@ class KvtuiApp(App[int]):
     def _end_now(self) -> None:
         """Kill the servers, finalize the record, exit 1: when the app cannot close by itself."""
         with contextlib.suppress(Exception):
-            getattr(self.session, "kill_now", lambda: None)()
+            self.session.kill_now()
         with contextlib.suppress(Exception):
             self._finalize()
         os._exit(EXIT_RUN_FAILED)
@@ -491,9 +483,7 @@ class KvtuiApp(App[int]):
         self.call_later(self.action_quit)
 
     def _finalize(self) -> None:
-        finalize = getattr(getattr(self.session, "recorder", None), "finalize_partial", None)
-        if finalize is not None:
-            finalize(SessionStatus.ABORTED)
+        self.session.finalize(SessionStatus.ABORTED)
 
     def action_quit(self) -> None:  # type: ignore[override]
         """Stop the servers, save the record, leave; in a worker, so keys (a second ctrl+c) still work meanwhile."""
@@ -521,7 +511,7 @@ class KvtuiApp(App[int]):
     def _quit_now(self) -> None:
         """Kill the servers (SIGKILL), finalize the record, exit: no waiting for anything."""
         self._killed = True
-        getattr(self.session, "kill_now", lambda: None)()
+        self.session.kill_now()
         self._finalize()
         self.exit(self._exit_code())
 

@@ -74,6 +74,16 @@ class ScriptedSession:
     def kill_now(self) -> None:
         self.killed += 1
 
+    recorder = None  # nothing is recorded
+    plan = None
+
+    @property
+    def memory_source(self) -> str:
+        return self.prepared.probe.source
+
+    def finalize(self, status: str) -> None:
+        return None
+
     def save(self) -> str | None:
         return None
 

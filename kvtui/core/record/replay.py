@@ -216,6 +216,11 @@ class Replayer:
         """A replay runs no plan."""
         return None
 
+    @property
+    def memory_source(self) -> None:
+        """A replay measures nothing."""
+        return None
+
     def finalize(self, status: str = "aborted") -> None:
         """Nothing to save: a replay never writes its record."""
         return None

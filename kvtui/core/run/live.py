@@ -38,6 +38,10 @@ class LiveSession:
     def plan(self) -> Plan:
         return self.prepared.plan
 
+    @property
+    def memory_source(self) -> str | None:
+        return getattr(self.prepared.probe, "source", None)
+
     def finalize(self, status: str = "aborted") -> None:
         """Mark the record cut short (a signal, a quit mid-run) and save it; runs still streaming are kept."""
         self.recorder.finalize_partial(status)
