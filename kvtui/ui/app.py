@@ -12,14 +12,7 @@ parts whose state changed, and the text view repaints only the rows that did.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shlex
-import signal
-import threading
 import time
-from typing import Any
 
 import psutil
 from textual import work
@@ -28,13 +21,15 @@ from textual.binding import Binding
 from textual.containers import Grid
 from textual.widgets import Footer
 
-from kvtui.core.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED
+from kvtui.core.errors import EXIT_BAD_INPUT
 from kvtui.core.events import Event
 from kvtui.core.quality.summary import comparisons, summarize, verdicts
-from kvtui.core.source import EventSource, ReplayControls
+from kvtui.core.source import EventSource
 from kvtui.core.view import LOAD_PHASES, SessionState
-from kvtui.core.vocab import FAILED, SessionStatus, SideStatus
+from kvtui.core.vocab import SideStatus
 from kvtui.ui.logfollow import LogFollower
+from kvtui.ui.quitting import QuitControl
+from kvtui.ui.replay_keys import ReplayKeys
 from kvtui.ui.screens.confirm import ConfirmScreen
 from kvtui.ui.screens.help import HelpScreen
 from kvtui.ui.screens.server_log import ServerLogScreen
@@ -57,7 +52,7 @@ class Panes(Grid):
     BLANK = True
 
 
-class KvtuiApp(App[int]):
+class KvtuiApp(QuitControl, ReplayKeys, App[int]):
     """The kvtui terminal app.
 
     Args:
@@ -389,173 +384,8 @@ class KvtuiApp(App[int]):
         else:
             self.notify("no server log for this side yet", severity="warning")
 
-    # -- replay controls (shown only when the session is a replay) -----------------------------------
-
-    REPLAY_ACTIONS = frozenset({"pause", "faster", "slower", "restart", "jump_to_end"})
-    LIVE_ACTIONS = frozenset({"abort_focused", "abort", "abort_first", "abort_last", "abort_all", "rerun_focused",
-                              "rerun_all", "save"})
-
-    @property
-    def replaying(self) -> bool:
-        return isinstance(self.session, ReplayControls)
-
-    def _controls(self) -> ReplayControls:
-        assert isinstance(self.session, ReplayControls)  # replay actions are enabled only for a replay
-        return self.session
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in self.REPLAY_ACTIONS:
-            return self.replaying
-        if action in self.LIVE_ACTIONS:
-            return not self.replaying
-        return True
-
-    def action_pause(self) -> None:
-        paused = self._controls().toggle_pause()
-        self.notify("paused" if paused else "playing")
-
-    def action_faster(self) -> None:
-        controls = self._controls()
-        controls.set_speed(controls.speed * 2)
-        self.notify(f"speed x{controls.speed:g}")
-
-    def action_slower(self) -> None:
-        controls = self._controls()
-        controls.set_speed(controls.speed / 2)
-        self.notify(f"speed x{controls.speed:g}")
-
-    def action_restart(self) -> None:
-        if not self._session_running:
-            self.start_session()
-        else:
-            self._controls().restart()
-
-    def action_jump_to_end(self) -> None:
-        self._controls().jump_to_end()
-
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    handle_signals = False  # run_app sets it: SIGTERM and SIGINT quit like `q`; SIGHUP (terminal closed) at once
-    LAST_RESORT_S = 10.0  # after a signal, the longest the app may take to close before kvtui ends anyway
 
-    def _install_signal_handlers(self) -> None:
-        """Plain signal handlers, not the event loop's: they run even when the loop is stuck.
-
-        SIGTERM and SIGINT ask the loop to quit like `q` (runs end as aborted, servers stopped, record
-        saved, exit code 1) and start a last-resort timer. SIGHUP means the terminal is gone, and then
-        Textual's output blocks the loop (its writer thread dies on EIO and its queue fills up), so the
-        handler ends kvtui itself, in the main thread: servers killed, record finalized, exit code 1.
-        """
-        loop = asyncio.get_running_loop()
-        started: list[int] = []
-
-        def handler(signum: int, frame: object) -> None:
-            if signum == signal.SIGHUP:
-                self._end_now()
-            if not started:
-                started.append(signum)
-                threading.Thread(target=self._last_resort, name="kvtui-last-resort", daemon=True).start()
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(self._on_signal)
-
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, handler)
-
-    def _last_resort(self) -> None:
-        time.sleep(self.LAST_RESORT_S)
-        self._end_now()
-
-    def _end_now(self) -> None:
-        """Kill the servers, finalize the record, exit 1: when the app cannot close by itself."""
-        with contextlib.suppress(Exception):
-            self.session.kill_now()
-        with contextlib.suppress(Exception):
-            self._finalize()
-        os._exit(EXIT_RUN_FAILED)
-
-    def _on_signal(self) -> None:
-        """A signal quits like `q` (servers stopped, record saved); a second one does not wait for that."""
-        if self._interrupted:
-            self._quit_now()
-            return
-        self._interrupted = True
-        self.call_later(self.action_quit)
-
-    def _finalize(self) -> None:
-        self.session.finalize(SessionStatus.ABORTED)
-
-    def action_quit(self) -> None:  # type: ignore[override]
-        """Stop the servers, save the record, leave; in a worker, so keys (a second ctrl+c) still work meanwhile."""
-        if self._quitting:
-            return
-        self._quitting = True
-        if self._session_running:
-            self.notify("stopping the servers and saving the record (ctrl+c again: quit now)")
-        self.run_worker(self._stop_and_exit(), group="quit", exclusive=True, exit_on_error=False)
-
-    def action_interrupt(self) -> None:
-        """Ctrl-C: quit like `q`; pressed again while the servers stop, quit at once."""
-        if self._quitting:
-            self._quit_now()
-        else:
-            self.action_quit()
-
-    async def _stop_and_exit(self) -> None:
-        self.session.abort(None)
-        self.workers.cancel_group(self, "session")
-        await self.session.aclose()
-        self._finalize()
-        self.exit(self._exit_code())
-
-    def _quit_now(self) -> None:
-        """Kill the servers (SIGKILL), finalize the record, exit: no waiting for anything."""
-        self._killed = True
-        self.session.kill_now()
-        self._finalize()
-        self.exit(self._exit_code())
-
-    def _exit_code(self) -> int:
-        # sides you aborted yourself are not failures; a crashed or erroring side, or a signal, is
-        return EXIT_RUN_FAILED if self._failed() or self._interrupted else EXIT_OK
-
-    def _failed(self) -> bool:
-        return any(s.status in FAILED for s in self.state.sides)
-
-    async def on_unmount(self) -> None:
-        if not self._killed:  # after a second ctrl+c (or signal) nothing is waited for
-            await self.session.aclose()
-
-
-def run_app(prepared: Any, force: bool = False, *, auto_pilot: Any = None) -> int:
-    """Open the app on a prepared live session; on exit print where the record went. Returns the exit code.
-
-    Args:
-        prepared: from :func:`kvtui.core.run.prepare.prepare`.
-        force: start a parallel run that will not fit without asking.
-        auto_pilot: for tests: drive the app headless with this Pilot coroutine.
-    """
-    from kvtui.core.run.live import LiveSession
-
-    session = LiveSession(prepared)
-    records = [prepared.record_path]
-    app = KvtuiApp(session, force=force)
-    app.handle_signals = auto_pilot is None
-    try:
-        code = app.run(headless=auto_pilot is not None, auto_pilot=auto_pilot)
-    finally:  # however the app ended (an exception too): no server left, the record finalized
-        session.kill_now()
-        session.recorder.finalize_partial(SessionStatus.ABORTED)
-        records.append(session.prepared.record_path)  # R (rerun all) starts a new record
-        for line in exit_lines(records):
-            print(line)
-    return code if isinstance(code, int) else EXIT_OK
-
-
-def exit_lines(records: list[Any]) -> list[str]:
-    """``record: PATH`` and the command that replays it, for each record file the app wrote."""
-    out = []
-    for path in dict.fromkeys(p for p in records if p is not None):
-        if os.path.exists(path):
-            out += [f"record: {path}", f"replay: kvtui replay {shlex.quote(str(path))}"]
-    return out
+from kvtui.ui.launch import exit_lines, run_app  # noqa: E402,F401 - `kvtui.ui.app.run_app` is the entry point
