@@ -75,7 +75,7 @@ def test_rotation_off_on_one_side_is_flagged() -> None:
 
 def test_speculative_argument_is_flagged() -> None:
     assert speculative_args(["-m", "x", "-md", "d.gguf", "--spec-type=ngram-simple", "--threads-draft", "2"]) == (
-        "-md", "--spec-type", "--threads-draft")
+        "-md", "--spec-type ngram-simple", "--threads-draft")
     reasons = check_pair(*sides("bundled-q8_0-q8_0.log", "bundled-q8_0-q8_0.log", argv=("--spec-default",)))
     assert any("speculative decoding (--spec-default)" in r for r in reasons)
 

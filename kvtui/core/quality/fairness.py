@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvtui.core.logs.provenance import RanWith, cpu_line_key, cpu_line_keys
+from kvtui.core.quality.speculative import speculative_flags
 from kvtui.core.record.tomlmodel import key
 from kvtui.core.vocab import QUANTIZED_TYPES
 
@@ -21,9 +22,6 @@ CUDA_FIX = "build with -DGGML_CUDA_FA_ALL_QUANTS=ON"
 NOT_COMPARABLE = "not comparable"
 
 # speculative decoding: draft models, MTP, ngram and lookup decoding (`llama-server --help`, b10434)
-_SPEC_SHORT = {"-md", "-hfd", "-hfrd", "-ngld", "-devd", "-ctkd", "-ctvd", "-td", "-tbd", "-Cd", "-Crd", "-Cbd",
-               "-otd", "-cmoed", "-ncmoed", "-lcs", "-lcd"}
-_SPEC_PREFIXES = ("--spec", "--draft", "--model-draft", "--lookup-cache", "--hf-repo-draft", "--hf-file-draft")
 _VALUE_FLAGS = {"ngl": ("-ngl", "--n-gpu-layers", "--gpu-layers"), "threads": ("-t", "--threads"),
                 "ctx": ("-c", "--ctx-size"), "threads_batch": ("-tb", "--threads-batch"),
                 "device": ("-dev", "--device"), "split_mode": ("-sm", "--split-mode"),
@@ -63,13 +61,7 @@ class SideFacts:
 
 def speculative_args(argv: Sequence[str]) -> tuple[str, ...]:
     """The speculative-decoding flags in a command line (a draft model, MTP, ngram or lookup decoding)."""
-    found = []
-    for a in argv:
-        flag = a.split("=", 1)[0]
-        if flag in _SPEC_SHORT or flag.startswith(_SPEC_PREFIXES) or (flag.startswith("--") and (
-                flag.endswith("-draft") or flag.endswith("-spec"))):
-            found.append(flag)
-    return tuple(dict.fromkeys(found))
+    return speculative_flags(argv)
 
 
 def arg_values(argv: Sequence[str]) -> dict[str, str]:

@@ -17,26 +17,33 @@ _SPECULATIVE = frozenset({
     "--spec-default", "--fim-qwen-7b-spec", "--fim-qwen-14b-spec", "-lcs", "--lookup-cache-static", "-lcd",
     "--lookup-cache-dynamic", "-mtp", "--mtp", "--draft", "--draft-n", "--draft-max", "--draft-min",
     "--draft-n-min", "-ctkd", "-ctvd", "-td", "-tbd", "-ngld", "-devd", "-otd", "-cmoed", "-ncmoed",
+    "-Cd", "-Crd", "-Cbd",
 })
 _SPECULATIVE_ENV = ("LLAMA_ARG_SPEC_TYPE", "LLAMA_ARG_SPEC_DRAFT_MODEL", "LLAMA_ARG_MODEL_DRAFT",
                     "LLAMA_ARG_SPEC_DRAFT_HF_REPO", "LLAMA_ARG_HF_REPO_DRAFT")
 
 
-def speculative_argument(args: Sequence[str], env: Mapping[str, str] | None = None) -> str | None:
-    """The first argument (or environment variable) that turns speculative decoding on, or None.
-
-    ``--spec-type none`` turns it off and is allowed.
-    """
+def speculative_flags(args: Sequence[str]) -> tuple[str, ...]:
+    """Every argument of a command line that turns speculative decoding on (``--spec-type none`` does not)."""
+    found = []
     for j, arg in enumerate(args):
         flag, eq, value = arg.partition("=")
         if flag == "--spec-type":
             value = value if eq else (args[j + 1] if j + 1 < len(args) else "")
             if value.strip().lower() != "none":
-                return f"{flag} {value}".strip()
+                found.append(f"{flag} {value}".strip())
             continue
         if flag in _SPECULATIVE or flag.startswith(("--spec-", "--draft", "--lookup")) or (
-                flag.startswith("--") and "draft" in flag):
-            return arg
+                flag.startswith("--") and ("draft" in flag or flag.endswith("-spec"))):
+            found.append(arg)
+    return tuple(dict.fromkeys(found))
+
+
+def speculative_argument(args: Sequence[str], env: Mapping[str, str] | None = None) -> str | None:
+    """The first argument (or environment variable) that turns speculative decoding on, or None."""
+    flags = speculative_flags(args)
+    if flags:
+        return flags[0]
     for name in _SPECULATIVE_ENV:
         value = (env or {}).get(name, "")
         if value and not (name == "LLAMA_ARG_SPEC_TYPE" and value.strip().lower() == "none"):
