@@ -25,6 +25,7 @@ from kvtui.core.events import (
     Event,
     LoopDetected,
     MemorySampled,
+    PatternDetected,
     PromptProgress,
     RequestSent,
     RunFinished,
@@ -98,6 +99,7 @@ class SideState:
     device_name: str | None = None
     loop: tuple[int, int, int] | None = None  # period, start (token index), repeats
     loop_text: str = ""
+    pattern: tuple[str, int, int] | None = None  # the quiet PATTERN signal: skeleton, repeats, start (piece)
     stop: str | None = None
     error: str | None = None
     hint: str = ""
@@ -186,6 +188,7 @@ class SessionState:
                 s.status, s.run, s.tokens, s.sent_t = SideStatus.GENERATING, e.run, 0, e.t
                 s.pieces, s.ids, s.pending, s.reset_text = [], [], [], True
                 s.meter, s.buckets, s.first_t, s.ttft_ms, s.loop, s.stop = RateMeter(), [], None, None, None, None
+                s.pattern = None
                 s.prompt_per_second = s.predicted_per_second = s.client_tokens_per_second = None
                 s.progress = None
             case MemorySampled():
@@ -194,6 +197,8 @@ class SessionState:
                     s.mem_peak_mib = max(s.mem_peak_mib or 0.0, e.used_mib)
                 s.device_total_mib, s.device_used_mib = e.device_total_mib, e.device_used_mib
                 s.device_name = e.device_name
+            case PatternDetected():
+                s.pattern = (e.skeleton, e.repeats, e.start)
             case LoopDetected():
                 s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, SideStatus.LOOPING
             case RunFinished():

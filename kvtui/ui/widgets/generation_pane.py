@@ -132,6 +132,8 @@ class GenerationPane(Vertical):
         status = s.status
         if s.loop is not None:
             status = f"LOOP {s.loop[0]}-token cycle ×{s.loop[2]}"
+        elif s.pattern is not None and s.status in (SideStatus.GENERATING, SideStatus.WAITING, SideStatus.DONE):
+            status = f"{s.status} · PATTERN ×{s.pattern[1]}"  # the quiet signal: muted, never red
         elif s.status in LOAD_PHASES and s.phase_t is not None and now is not None:
             status = f"{s.status} {max(0.0, now - s.phase_t):.0f} s"
         style = STATUS_STYLE.get(SideStatus.LOOPING if s.loop else s.status, "")
@@ -221,6 +223,9 @@ class GenerationPane(Vertical):
         if s.loop is not None:
             t.append(f"repetition loop from token {s.loop[1]}: ", style="bold red")
             t.append(repr(s.loop_text[:60]) if s.loop_text else "", style="red")
+        elif s.pattern is not None:
+            t.append(f"pattern from piece {s.pattern[2]}: ", style="yellow")
+            t.append(f"{s.pattern[0].strip()[:50]!r} ×{s.pattern[1]}", style="dim")
         if s.error:
             t.append(s.error, style="bold red")
             if s.hint:
