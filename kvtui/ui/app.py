@@ -256,8 +256,7 @@ class KvtuiApp(App[int]):
         header = (self.state.started, self.state.finished, self._cpu_text)
         if header != self._header_shown:
             self._header_shown = header
-            self._header.show(self.state.started, self.state.finished, self.replay_label,
-                                               self._cpu_text)
+            self._header.show(self.state.started, self.state.finished, self.replay_label, self._cpu_text)
 
     def _refresh_strip(self) -> None:
         contended = self.state.started is not None and self.state.started.schedule == "simultaneous"
@@ -267,8 +266,7 @@ class KvtuiApp(App[int]):
         if runs != self._runs_shown:  # the strip changes only when a run ends
             self._runs_shown = runs
             final = record is not None and self.state.finished is not None
-            self._strip.show(summarize(record) if record else [], contended,
-                                                 verdicts(record) if final else [])
+            self._strip.show(summarize(record) if record else [], contended, verdicts(record) if final else [])
 
     # -- once a second: load phases, kvtui's own CPU ----------------------------------------------------
 
