@@ -15,7 +15,12 @@ generate (its CPU seconds between the later request and the earlier end, over th
 core), and each server's own tg (``predicted_per_second``). At the end: medians per mode, and the paired
 change of each server's tg against the bare client in the same round.
 
+With ``--ui-only 10,30,50`` it measures instead what the app itself costs, with no servers to disturb the
+figure: a real recorded session, paced to a steady rate per side, replayed in the app (in a pseudo-terminal)
+and headless (which draws nothing), alternated; the difference is the price of drawing.
+
 Usage: python benchmarks/observer.py [--rounds 3] [--n-predict 600] [--size 160x45] [--out DIR]
+       python benchmarks/observer.py --ui-only 10,30,50 [--rounds 3] [--size 160x45]
 """
 
 from __future__ import annotations
@@ -121,29 +126,32 @@ def find_servers(parent: psutil.Process, count: int, timeout: float = 60) -> lis
     raise RuntimeError("the llama-servers did not start")
 
 
-def run_app(profile: Path, record: Path, size: tuple[int, int]) -> dict:
-    """kvtui run in a pseudo-terminal; q once the record says the session is over."""
+def in_terminal(argv: list[str], size: tuple[int, int]) -> tuple[int, int]:
+    """Start ``python -m kvtui ARGV`` in a pseudo-terminal of COLSxROWS whose output is read (and dropped) as a
+    terminal would; returns (pid, terminal fd)."""
     cols, rows = size
     pid, fd = pty.fork()
     if pid == 0:  # the child: the app in a terminal of the given size
         os.environ["TERM"] = "xterm-256color"
         os.chdir(REPO)
-        os.execv(PYTHON, [PYTHON, "-m", "kvtui", "run", str(profile), "--record", str(record)])
+        os.execv(PYTHON, [PYTHON, "-m", "kvtui", *argv])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    drained = bytearray()
 
     def drain() -> None:  # a terminal reads what the app writes; so must we, or the app blocks
         while True:
             try:
-                data = os.read(fd, 65536)
+                if not os.read(fd, 65536):
+                    return
             except OSError:
                 return
-            if not data:
-                return
-            drained.extend(data[-200:])
 
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    threading.Thread(target=drain, daemon=True).start()
+    return pid, fd
+
+
+def run_app(profile: Path, record: Path, size: tuple[int, int]) -> dict:
+    """kvtui run in a pseudo-terminal; q once the record says the session is over."""
+    pid, fd = in_terminal(["run", str(profile), "--record", str(record)], size)
     trace = CpuTrace(pid)
     servers = find_servers(psutil.Process(pid), 2)
     starts = [p.create_time() for p in servers]
@@ -240,21 +248,98 @@ def run_bare(profile_path: Path, folder: Path) -> dict:
     return {"cpu_pct": trace.share(start, end), "tg": [r["tg"] for r in runs], "window_s": end - start}
 
 
+def paced_record(rate: float, tokens: int, folder: Path) -> tuple[Path, float, float]:
+    """A real recorded demo session (tests/data/sessions/demo.toml) stretched to ``tokens`` pieces per side
+    arriving at ``rate`` a second: its text repeated, token ids made distinct (no loop). Returns the record and
+    the span (record seconds) in which both sides stream."""
+    from dataclasses import replace
+
+    from kvtui.core.record.recorder import write_record
+
+    record = read_record(REPO / "tests" / "data" / "sessions" / "demo.toml")
+    sides = []
+    for side in record.sides:
+        run = side.runs[0]
+        pieces = (list(run.pieces) * (tokens // len(run.pieces) + 1))[:tokens]
+        t_ms = [round(1000 * (0.5 + k / rate), 1) for k in range(tokens)]
+        t_end = (run.t_sent or 0.0) + t_ms[-1] / 1000 + 0.01
+        run = replace(run, pieces=tuple(pieces), ids=tuple(100_000 + k for k in range(tokens)), t_ms=tuple(t_ms),
+                      counts=tuple(range(1, tokens + 1)), text="".join(pieces), predicted_n=tokens, loop=None,
+                      t_end=t_end)
+        t0 = side.memory_t[0]
+        memory_t = [t0 + k for k in range(int(t_end - t0))]
+        sides.append(replace(side, runs=[run], memory_t=type(side.memory_t)(memory_t),
+                             memory_mib=type(side.memory_mib)([side.memory_mib[0]] * len(memory_t))))
+    runs = [s.runs[0] for s in sides]
+    record = replace(record, sides=sides, duration_s=max(r.t_end or 0.0 for r in runs) + 0.5, comparisons=[],
+                     verdicts=[])
+    path = folder / f"paced-{rate:g}.toml"
+    write_record(path, record)
+    return path, max(r.t_sent or 0.0 for r in runs) + 0.5, min(r.t_end or 0.0 for r in runs)
+
+
+def replay_cpu(record: Path, span: tuple[float, float], size: tuple[int, int] | None) -> float:
+    """CPU (% of one core) of ``kvtui replay`` (in a terminal, or headless when size is None) while both
+    sides stream; the measurement starts 5 s in (after start-up) and stops 1 s before the streams end."""
+    started = time.time()
+    if size is None:
+        proc = subprocess.Popen([PYTHON, "-m", "kvtui", "replay", str(record), "--headless"], cwd=REPO,
+                                stdout=subprocess.DEVNULL)
+        pid, fd = proc.pid, None
+    else:
+        pid, fd = in_terminal(["replay", str(record)], size)
+    trace = CpuTrace(pid)
+    start, end = started + max(span[0], 5.0), started + span[1] - 1.0
+    time.sleep(max(0.0, end - time.time()) + 0.5)
+    share = trace.share(start, end)
+    trace.stop()
+    if fd is None:
+        proc.kill()
+        proc.wait()
+    else:
+        os.write(fd, b"q")
+        os.waitpid(pid, 0)
+    return share if share is not None else float("nan")
+
+
+def ui_only(rates: list[float], rounds: int, size: tuple[int, int], folder: Path) -> None:
+    """The app's own cost, without servers in the way: a paced replay in a terminal against the same replay
+    headless (which draws nothing), alternated."""
+    print(f"\nthe app's own cost: a recorded session replayed at a steady rate, in a {size[0]}x{size[1]} "
+          "terminal and headless")
+    print(f"{'tok/s per side':>15} {'app CPU %':>10} {'headless CPU %':>15} {'the app draws':>14}")
+    for rate in rates:
+        record, *span = paced_record(rate, int(rate * 30) + 20, folder)
+        app, headless = [], []
+        for _ in range(rounds):
+            app.append(replay_cpu(record, tuple(span), size))  # type: ignore[arg-type]
+            headless.append(replay_cpu(record, tuple(span), None))  # type: ignore[arg-type]
+        a, h = statistics.median(app), statistics.median(headless)
+        print(f"{rate:>15,.0f} {a:>10.1f} {h:>15.1f} {a - h:>13.1f}%   (app runs: "
+              f"{', '.join(f'{x:.1f}' for x in app)})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-predict", type=int, default=600)
     ap.add_argument("--size", default="160x45", help="the app's terminal, COLSxROWS")
     ap.add_argument("--out", default="", help="keep records and results here (default: a temporary folder)")
+    ap.add_argument("--ui-only", default="", metavar="RATES",
+                    help="instead: the app's own cost at these tok/s per side (e.g. 10,30,50), on paced replays")
     args = ap.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="kvtui-observer-"))
     folder.mkdir(parents=True, exist_ok=True)
-    profile = make_profile(args.n_predict, folder)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
-    print(f"kvtui observer effect, {date.today()}, {cpu}, {psutil.cpu_count()} cores, "
-          f"demo profile n_predict={args.n_predict}, app at {args.size}; load {os.getloadavg()[0]:.1f}")
+    print(f"kvtui observer effect, {date.today()}, {cpu}, {psutil.cpu_count()} cores; "
+          f"load {os.getloadavg()[0]:.1f}")
+    if args.ui_only:
+        ui_only([float(r) for r in args.ui_only.split(",")], args.rounds, size, folder)  # type: ignore[arg-type]
+        return
+    profile = make_profile(args.n_predict, folder)
+    print(f"demo profile, n_predict={args.n_predict}, the app in a {args.size} terminal")
     results: list[dict] = []
     for k in range(args.rounds):
         order = MODES[k % 3:] + MODES[:k % 3]

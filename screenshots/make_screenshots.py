@@ -5,7 +5,8 @@ the bundled llama-server really ran (tests/data/sessions/capture.py records them
 - running.svg:  the demo, mid-generation;
 - finished.svg: the demo after both runs;
 - loop.svg:     the loop session, loops flagged and stopped;
-- crashed.svg:  the demo with one server killed mid-stream.
+- crashed.svg:  the demo with one server killed mid-stream;
+- small.svg:    the demo mid-generation in 80x24, the smallest supported terminal.
 
 Usage: python screenshots/make_screenshots.py
 """
@@ -36,15 +37,15 @@ def midpoint(record: SessionRecord) -> float:
     return start + (end - start) * 0.45
 
 
-async def shot(record_name: str, out: str, stop_at: float | None = None, title: str = "kvtui") -> None:
+async def shot(record_name: str, out: str, stop_at: float | None = None, size: tuple[int, int] = SIZE) -> None:
     record = read_record(SESSIONS / record_name)
     when = stop_at if stop_at is not None else (record.duration_s or 1e9) + 1
     if stop_at == -1:
         when = midpoint(record)
     app = KvtuiApp(Replayer(record, stop_at=when))
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=size) as pilot:
         await app.workers.wait_for_complete()
-        await pilot.pause(0.6)  # two text flushes and a figures refresh
+        await pilot.pause(0.8)  # a text frame and a figures frame
         app.save_screenshot(out, str(HERE))
     print(HERE / out)
 
@@ -54,6 +55,7 @@ async def main() -> None:
     await shot("demo.toml", "finished.svg")
     await shot("loop.toml", "loop.svg")
     await shot("crash.toml", "crashed.svg")
+    await shot("demo.toml", "small.svg", stop_at=-1, size=(80, 24))
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ async def test_three_configs_in_the_app(tmp_path: Path, server_binary, no_leftov
         panes = app.panes()
         assert len(panes) == 3 and all(p.region.width > 40 for p in panes)  # three columns side by side
         assert [s.cache_label for s in app.state.sides] == ["K f16 / V f16", "K q8_0 / V q8_0", "K q8_0 / V q4_0"]
-        assert all(p.query_one("TextArea").text for p in panes)
+        assert all(p.view.text for p in panes)
         await pilot.press("q")
     data = read_record(tmp_path / "three.toml")
     assert [s.status for s in data.sides] == ["done"] * 3
