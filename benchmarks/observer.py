@@ -42,6 +42,7 @@ import threading
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -102,18 +103,18 @@ def make_profile(n_predict: int, folder: Path) -> Path:
     return path
 
 
-def window(record: dict, server_starts: list[float]) -> tuple[float, float, list[float | None]]:
+def window(record: Any, server_starts: list[float]) -> tuple[float, float, list[float | None]]:
     """Wall-clock window when every side generated, and each side's tg, from a record.
 
     The record's times are seconds since the session began; a server's create time (wall clock) minus its
     ``t_start`` gives that beginning.
     """
-    sides = record["sides"]
-    t0 = statistics.median(ws - s["t_start"] for ws, s in zip(server_starts, sides, strict=True))
-    runs = [s["runs"][0] for s in sides]
-    start = max(r["t_sent"] + r["ttft_ms"] / 1000 for r in runs)
-    end = min(r["t_end"] for r in runs)
-    return t0 + start, t0 + end, [r.get("predicted_per_second") for r in runs]
+    sides = record.sides
+    t0 = statistics.median(ws - s.t_start for ws, s in zip(server_starts, sides, strict=True))
+    runs = [s.runs[0] for s in sides]
+    start = max(r.t_sent + r.ttft_ms / 1000 for r in runs)
+    end = min(r.t_end for r in runs)
+    return t0 + start, t0 + end, [r.predicted_per_second for r in runs]
 
 
 def find_servers(parent: psutil.Process, count: int, timeout: float = 60) -> list[psutil.Process]:
@@ -159,7 +160,7 @@ def run_app(profile: Path, record: Path, size: tuple[int, int]) -> dict:
     while time.monotonic() < deadline:
         time.sleep(0.5)
         try:
-            if read_record(record).get("status") not in (None, "running"):
+            if read_record(record).status != "running":
                 break
         except Exception:  # not written yet, or mid-rename
             continue
