@@ -19,8 +19,8 @@ examples:
   kvtui                                   the app on the demo profile (bundled server and model)
   kvtui run profiles/demo.toml --headless
   kvtui run profiles/coding-circuit-breaker.toml --model ~/models/Qwen3-Coder-30B-Q4_K_M.gguf
-  kvtui run --from sessions/demo-20261129-170000.toml --server-bin ~/llama.cpp/build/bin/llama-server
-  kvtui replay sessions/demo-20261129-170000.toml --speed 4
+  kvtui run --from sessions/examples/gpu-parallel.toml --server-bin ~/llama.cpp/build/bin/llama-server
+  kvtui replay sessions/examples/gpu-parallel.toml --speed 4
   kvtui show sessions/*.toml --format md
   kvtui doctor                            what kvtui found: server, model, GPUs
   kvtui doctor --server-bin PATH          ... and which K/V pairs run flash attention on the GPU with that build
