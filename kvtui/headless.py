@@ -47,7 +47,6 @@ class HeadlessConsole:
         self.use_live = self.console.is_terminal if live is None else live
         self._live: Live | None = None
         self._last_refresh = 0.0
-        self._patterns_said: set[tuple[int, int]] = set()
         self._last_progress: dict[tuple[int, int], float] = {}  # (side, run) -> time of its last progress line
 
     def __call__(self, event: Event) -> None:
@@ -61,6 +60,7 @@ class HeadlessConsole:
     def handle(self, e: Event) -> None:
         """Print what the event means for a person watching."""
         looping_before = isinstance(e, LoopDetected) and self.state.sides[e.side].loop is not None
+        pattern_before = isinstance(e, PatternDetected) and self.state.sides[e.side].pattern is not None
         self.state.apply(e)
         match e:
             case SessionStarted():
@@ -108,8 +108,7 @@ class HeadlessConsole:
             case WarmupDone():
                 self.say(e.side, f"warmed up ({e.ms:.0f} ms)", "dim")
             case PatternDetected():
-                if (e.side, e.run) not in self._patterns_said:  # once per run: it is the quiet signal
-                    self._patterns_said.add((e.side, e.run))
+                if not pattern_before:  # once per run (the view state resets it per run): the quiet signal
                     self.say(e.side, f"pattern: {escape(repr(e.skeleton.strip())[:60])} x{e.repeats} from piece "
                                      f"{e.start} (the same skeleton, only numbers or a word changing)", "yellow")
             case LoopDetected():
