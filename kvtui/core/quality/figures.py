@@ -84,3 +84,13 @@ def pct_change(new: float | None, base: float | None) -> float | None:
     if new is None or base is None or base == 0:
         return None
     return (new - base) / base * 100.0
+
+
+def round3(x: object) -> float | None:
+    """A figure as recorded and shown: a real number to 3 decimals; None for anything else (bool too)."""
+    return round(float(x), 3) if isinstance(x, int | float) and not isinstance(x, bool) else None  # type: ignore[arg-type]
+
+
+def as_int(x: object) -> int | None:
+    """A count from outside kvtui (the server's JSON): an int, or None."""
+    return int(x) if isinstance(x, int | float) and not isinstance(x, bool) else None  # type: ignore[arg-type]

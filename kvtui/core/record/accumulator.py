@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from kvtui.core.quality.checks import TaskCheck
+from kvtui.core.quality.figures import as_int, round3
 from kvtui.core.quality.loops import Loop
 from kvtui.core.quality.templates import TemplateRepeat
-from kvtui.core.record.model import CUT_SHORT, Run, _int, _r
+from kvtui.core.record.model import CUT_SHORT, Run
 from kvtui.core.vocab import Schedule, StopReason
 
 
@@ -78,12 +79,12 @@ class RunAccumulator:
         tops = self.tops if self.tops and len(self.tops) == len(self.pieces) else []
         return Run(
             run=self.run, stop=StopReason(stop), schedule=self.schedule, prompt=self.prompt, repeat=self.repeat,
-            seed=self.seed, prompt_n=_int(timings.prompt_n if timings else None),
-            prompt_per_second=_r(timings.prompt_per_second if timings else None),
-            predicted_n=_int(timings.predicted_n if timings and timings.predicted_n is not None
+            seed=self.seed, prompt_n=as_int(timings.prompt_n if timings else None),
+            prompt_per_second=round3(timings.prompt_per_second if timings else None),
+            predicted_n=as_int(timings.predicted_n if timings and timings.predicted_n is not None
                              else self.last[1] if self.last else 0),
-            predicted_per_second=_r(timings.predicted_per_second if timings else None), ttft_ms=_r(ttft),
-            client_tokens_per_second=_r(client), t_sent=round(self.t_sent, 3),
+            predicted_per_second=round3(timings.predicted_per_second if timings else None), ttft_ms=round3(ttft),
+            client_tokens_per_second=round3(client), t_sent=round(self.t_sent, 3),
             t_end=None if t_end is None else round(t_end, 3), text=self.text, pieces=tuple(self.pieces),
             t_ms=tuple(self.t_ms), ids=tuple(self.ids), counts=tuple(self.counts), loop=self.loop,
             pattern=self.pattern, error=error,

@@ -269,14 +269,6 @@ class SessionRecord:
         return dump(self)
 
 
-def _r(x: Any) -> float | None:
-    return round(float(x), 3) if isinstance(x, int | float) and not isinstance(x, bool) else None
-
-
-def _int(x: Any) -> int | None:
-    return int(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
-
-
 # -- the file ------------------------------------------------------------------------------------
 
 

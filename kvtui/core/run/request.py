@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from kvtui.core.events import Event, LoopDetected, PatternDetected, PromptProgress, TokenReceived
+from kvtui.core.quality.figures import round3
 from kvtui.core.quality.loops import LoopDetector, piece_key
 from kvtui.core.quality.templates import TemplateDetector
 from kvtui.core.record.accumulator import RunAccumulator
@@ -52,7 +53,7 @@ async def stream_request(http: httpx.AsyncClient, srv: Server, path: str, body: 
         heard = True
         t = ctx.now()
         ctx.emit(PromptProgress(t, ctx.side, ctx.run, round(t - acc.t_sent, 3), p.total, p.processed, p.cache,
-                                _r(p.tokens_per_second), _r(p.eta_s)))
+                                round3(p.tokens_per_second), round3(p.eta_s)))
 
     async def tick() -> None:
         while True:
@@ -92,6 +93,3 @@ async def stream_request(http: httpx.AsyncClient, srv: Server, path: str, body: 
     finally:
         ticker.cancel()
 
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 3)

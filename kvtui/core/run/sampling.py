@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from kvtui.core.events import MemorySampled
+from kvtui.core.quality.figures import round3
 from kvtui.core.run.memory import MemoryProbe
 
 MEMORY_INTERVAL_S = 0.5
@@ -38,8 +39,5 @@ async def sample_memory(probe: MemoryProbe, live_pids: Callable[[], dict[int, in
                 name, total, used = own
             else:
                 name, total, used = sample.device_name, sample.device_total_mib, sample.device_used_mib
-            emit(MemorySampled(now(), i, source, _round(sample.per_pid.get(pid)), _round(total), _round(used), name))
+            emit(MemorySampled(now(), i, source, round3(sample.per_pid.get(pid)), round3(total), round3(used), name))
 
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 3)
