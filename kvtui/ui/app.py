@@ -22,7 +22,7 @@ from textual.containers import Grid
 from textual.widgets import Footer
 
 from kvtui.core.errors import EXIT_BAD_INPUT
-from kvtui.core.events import Event
+from kvtui.core.events import Event, RequestSent, RunFinished
 from kvtui.core.quality.summary import comparisons, summarize, verdicts
 from kvtui.core.source import EventSource
 from kvtui.core.view import LOAD_PHASES, SessionState
@@ -109,7 +109,9 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
         self._followers: dict[int, LogFollower] = {}  # side -> its server log, read while it loads
         self._proc = psutil.Process()
         self._cpu_text: str | None = None  # kvtui's own CPU use, shown when the servers run on the CPU
-        self._cpu_start: tuple[float, float] | None = None  # (CPU seconds, wall seconds) when the run started
+        self._measuring_cpu = False  # a live run on CPU servers: the header ends with kvtui's CPU while generating
+        self._cpu_start: tuple[float, float] | None = None  # (CPU seconds, wall seconds) at the first request
+        self._cpu_end: tuple[float, float] | None = None  # the same when the last run ended
         session.sinks.append(self._on_event)
 
     # -- layout ---------------------------------------------------------------------------------
@@ -162,6 +164,8 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
     def _on_event(self, event: Event) -> None:
         """The sink: fold the event into state; rendering happens on the timers, which an event wakes."""
         self.state.apply(event)
+        if self._measuring_cpu and isinstance(event, RequestSent | RunFinished):
+            self._cpu_mark(event)
         if not self._awake:
             self._wake()
 
@@ -234,7 +238,7 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
             self._refresh_strip()
 
     def _refresh_header(self) -> None:
-        if self.state.finished is not None and self._cpu_start is not None:
+        if self.state.finished is not None and self._measuring_cpu:
             self._cpu_text = self._cpu_average()
         header = (self.state.started, self.state.finished, self._cpu_text)
         if header != self._header_shown:
@@ -288,14 +292,24 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
             if s.status in LOAD_PHASES:  # their seconds
                 pane.refresh_view(now)
 
-    def _cpu_average(self) -> str:
-        """kvtui's CPU over the whole run, once it has ended."""
-        assert self._cpu_start is not None
-        cpu0, wall0 = self._cpu_start
+    def _cpu_mark(self, event: Event) -> None:
+        """kvtui's CPU seconds when the first request goes out and when each run ends: the average it shows at
+        the end covers the generation only, not the servers' start-up (loading a model is not kvtui's cost)."""
         t = self._proc.cpu_times()
-        wall = time.monotonic() - wall0
-        share = (t.user + t.system - cpu0) / wall * 100 if wall > 0 else 0.0
-        return f"kvtui {share:.1f}% CPU (run average)"
+        mark = (t.user + t.system, time.monotonic())
+        if isinstance(event, RequestSent):
+            if self._cpu_start is None:
+                self._cpu_start = mark
+        elif self._cpu_start is not None:
+            self._cpu_end = mark
+
+    def _cpu_average(self) -> str | None:
+        """kvtui's CPU while the sides generated, once the run has ended (None: nothing was generated)."""
+        if self._cpu_start is None or self._cpu_end is None:
+            return None
+        (cpu0, wall0), (cpu1, wall1) = self._cpu_start, self._cpu_end
+        share = (cpu1 - cpu0) / (wall1 - wall0) * 100 if wall1 > wall0 else 0.0
+        return f"kvtui {share:.1f}% CPU while generating"
 
     # -- running --------------------------------------------------------------------------------
 
@@ -304,8 +318,8 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
         """Run (or rerun) the session in the app's event loop."""
         self._session_running = True
         if self._servers_on_cpu():
-            t = self._proc.cpu_times()
-            self._cpu_start = (t.user + t.system, time.monotonic())
+            self._measuring_cpu = True
+            self._cpu_start = self._cpu_end = None
             self._cpu_text = None
             self._proc.cpu_percent(None)  # the first call starts the measurement
         self._wake()

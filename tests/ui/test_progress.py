@@ -13,7 +13,16 @@ from scripted import ScriptedSession
 from textual.app import App
 from textual.widgets import Log
 
-from kvtui.core.events import RequestSent, ServerReady, ServerStarting, SessionFinished, TokenReceived, WarmupDone
+from kvtui.core.events import (
+    RequestSent,
+    RunFinished,
+    ServerReady,
+    ServerStarting,
+    SessionFinished,
+    TokenReceived,
+    WarmupDone,
+)
+from kvtui.core.record.model import Run
 from kvtui.core.record.recorder import read_record
 from kvtui.core.record.replay import Replayer
 from kvtui.ui.app import KvtuiApp
@@ -83,9 +92,10 @@ async def test_the_header_shows_kvtuis_own_cpu_when_servers_run_on_the_cpu() -> 
     async with app.run_test(size=(120, 40)) as pilot:
         session.emit(session.started_event(), RequestSent(0.1, 0, 0), TokenReceived(0.2, 0, 0, 1, "x", 1))
         await wait_until(pilot, lambda: re.search(r"\n.*kvtui \d+\.\d% CPU$", app._header.render().plain))
-        session.emit(SessionFinished(1.0, "done"))
+        session.emit(RunFinished(0.9, 0, Run(0, "eos", text="x")), SessionFinished(1.0, "done"))
         session.finish()
-        await wait_until(pilot, lambda: "% CPU (run average)" in app._header.render().plain)
+        # the average covers the generation (first request to last run), not the servers' start-up
+        await wait_until(pilot, lambda: "% CPU while generating" in app._header.render().plain)
 
 
 async def test_no_cpu_figure_on_a_gpu_or_in_a_replay() -> None:

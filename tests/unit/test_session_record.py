@@ -26,7 +26,7 @@ from kvtui.core.events import (
 )
 from kvtui.core.quality.loops import Loop
 from kvtui.core.record.model import Host, Run, SessionRecord
-from kvtui.core.record.recorder import SCHEMA, SessionRecorder, read_record, write_record
+from kvtui.core.record.recorder import AUTOSAVE_COST, SCHEMA, SessionRecorder, read_record, write_record
 
 
 def events() -> list:
@@ -101,6 +101,31 @@ def test_autosave_and_partial_finalize(tmp_path: Path) -> None:
     rec.finalize_partial("aborted")
     data = read_record(path)
     assert data.status == "aborted" and all(s.status == "aborted" for s in data.sides)
+
+
+def test_autosave_paces_itself_by_what_a_save_costs(tmp_path: Path) -> None:
+    """A save that took 0.2 s of CPU waits 20 s for the next (1% of a core), not the usual 3 s."""
+    now, cpu = [0.0], [0.0]
+
+    def cpu_clock() -> float:
+        cpu[0] += 0.1  # every reading 0.1 s of CPU after the one before: each save costs 0.1 s
+        return cpu[0]
+
+    path = tmp_path / "r.toml"
+    rec = SessionRecorder(path, {}, Host(), clock=lambda: now[0], cpu_clock=cpu_clock)
+    evs = events()
+    for e in evs[:3]:
+        rec(e)
+    now[0] = 3.5
+    rec(evs[3])  # the first save, 3 s in as always
+    first = path.stat().st_ino  # a save replaces the file: a new inode
+    assert rec.autosave_interval() == pytest.approx(0.1 / AUTOSAVE_COST)  # 10 s
+    now[0] = 3.5 + 9.0
+    rec(evs[4])
+    assert path.stat().st_ino == first  # 9 s later: not yet
+    now[0] = 3.5 + 10.5
+    rec(evs[5])
+    assert read_record(path).sides[0].runs[0].pieces == ("def",)  # saved again, with what streamed since
 
 
 @pytest.mark.parametrize("content, match", [

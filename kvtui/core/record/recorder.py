@@ -48,7 +48,9 @@ from kvtui.core.record.model import (  # noqa: F401 - read_record, write_record 
 )
 from kvtui.core.vocab import ENDED, SessionStatus, SideStatus, session_status
 
-AUTOSAVE_S = 3.0
+AUTOSAVE_S = 3.0  # at most this long between saves while a session runs...
+AUTOSAVE_COST = 0.01  # ...unless saving would then take more than this share of one core: a long session's
+# record (every piece, its time and id) takes longer to write, and kvtui must not slow the servers it measures
 MEMORY_SERIES_S = 1.0  # one stored memory sample per second per side
 _SEVERITY = {SessionStatus.RUNNING: 0, SessionStatus.DONE: 1, SessionStatus.ABORTED: 2, SessionStatus.FAILED: 3}
 
@@ -85,13 +87,16 @@ class SessionRecorder:
         profile: the profile as run (``Profile.to_dict()``).
         host: ``host_info()``.
         clock: for autosave pacing.
+        cpu_clock: this thread's CPU seconds, to pace autosaves by what they cost.
     """
 
     def __init__(self, path: Path | None, profile: dict[str, Any], host: Host,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, cpu_clock: Any = time.thread_time) -> None:
         self.path = path
         self.clock = clock
+        self.cpu_clock = cpu_clock
         self._last_save = clock()
+        self._save_cpu_s = 0.0  # CPU seconds the last save took
         self._last_mem: dict[int, float] = {}
         self._open: dict[int, RunAccumulator] = {}  # side -> the run still streaming (saved as aborted)
         self._cut: dict[tuple[int, int], int] = {}  # (side, run) -> index of a run finalize_partial cut short
@@ -178,8 +183,13 @@ class SessionRecorder:
                 self._derive()
                 self.save()
                 return
-        if self.clock() - self._last_save >= AUTOSAVE_S:
+        if self.clock() - self._last_save >= self.autosave_interval():
             self.save()
+
+    def autosave_interval(self) -> float:
+        """Seconds between saves mid-session: ``AUTOSAVE_S``, or longer when a save costs more than
+        ``AUTOSAVE_COST`` of a core at that pace (a kill then loses at most this long of tokens)."""
+        return max(AUTOSAVE_S, self._save_cpu_s / AUTOSAVE_COST)
 
     def _derive(self) -> None:
         """Divergence between sides and paired verdicts: computed from the runs when the session (or a rerun) ends."""
@@ -236,7 +246,9 @@ class SessionRecorder:
         """Write the record atomically (no-op without a path)."""
         self._last_save = self.clock()
         if self.path is not None:
+            cpu = self.cpu_clock()
             write_record(self.path, self._with_open_runs())
+            self._save_cpu_s = self.cpu_clock() - cpu
 
     def _with_open_runs(self) -> SessionRecord:
         """The record as saved mid-run: runs still streaming are written as aborted, so a kill loses at most
