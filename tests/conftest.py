@@ -50,14 +50,19 @@ def llama_servers() -> list[psutil.Process]:
     return found
 
 
-def _ours(p: psutil.Process, since: float) -> bool:
-    """Started by this test: a descendant of this process, or an orphan (re-parented to init) born since."""
+MARK = "KVTUI_TEST_MARK"  # set for the length of one test: every process it starts inherits it
+
+
+def _ours(p: psutil.Process, mark: str) -> bool:
+    """Started by this test: a descendant of this process, or a process carrying this test's mark in its
+    environment (an orphan re-parented to init after its kvtui was killed). A server of another program or
+    of another pytest run on the same machine, orphaned at the same moment, is not this test's."""
     me = os.getpid()
     try:
         if any(a.pid == me for a in p.parents()):
             return True
-        return p.ppid() == 1 and p.create_time() >= since - 1
-    except psutil.NoSuchProcess:
+        return p.environ().get(MARK) == mark
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
 
@@ -65,13 +70,22 @@ def _ours(p: psutil.Process, since: float) -> bool:
 def no_leftover_servers():
     """Asserts that a test leaves no llama-server of its own running (other programs' servers are ignored)."""
     import time
+    import uuid
 
-    since = time.time()
+    mark = uuid.uuid4().hex
+    saved = os.environ.get(MARK)
+    os.environ[MARK] = mark
     before = {p.pid for p in llama_servers()}
-    yield
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(MARK, None)
+        else:
+            os.environ[MARK] = saved
     deadline = time.monotonic() + 5
     while True:
-        left = [p for p in llama_servers() if p.pid not in before and _ours(p, since)
+        left = [p for p in llama_servers() if p.pid not in before and _ours(p, mark)
                 and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         if not left or time.monotonic() > deadline:
             break
