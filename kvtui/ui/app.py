@@ -2,7 +2,7 @@
 
 The app never talks to llama-server itself. A session object (``LiveSession``
 or a replay) produces events; the sink folds them into ``SessionState``
-without rendering, and one frame timer redraws: text at most 5 times a second
+without rendering, and one frame timer redraws: text at most 4 times a second
 (fewer when a slow stream has little new), figures about twice (in frames that
 paint text anyway), so a fast stream costs the same frames as a slow one.
 The app must not slow what it measures: the timer sleeps when no event has
@@ -37,7 +37,7 @@ from kvtui.ui.widgets.comparison_strip import ComparisonStrip
 from kvtui.ui.widgets.generation_pane import TIMED, GenerationPane
 from kvtui.ui.widgets.session_header import SessionHeader
 
-TEXT_HZ = 5  # frames a second at most while text streams: enough to read along; each frame costs 2-4 ms here
+TEXT_HZ = 4  # frames a second at most while text streams: enough to read along; each frame costs 4-6 ms here
 TEXT_MIN_PIECES = 3  # a text frame waits for this many new pieces in some pane...
 TEXT_MAX_WAIT_S = 0.3  # ...or until text has waited this long (a slow stream paints ~3 times a second)
 FIGURES_MIN_S = 0.35  # figures redraw with text at most this often, and without text at least every
