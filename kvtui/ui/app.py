@@ -199,6 +199,16 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
             if self._clock_due():
                 self._clock_work()  # once a second, in a frame that paints anyway
 
+    def draw_now(self) -> None:
+        """Draw the state as it is, without waiting for the next frame (screenshots, and tests that must not
+        depend on how soon a busy machine gets to a frame)."""
+        with self.batch_update():
+            for pane in self.panes():
+                pane.flush()
+            self._events_drawn = -1  # whatever was drawn before: draw every figure again
+            self._figures_t = time.monotonic()
+            self._refresh_figures()
+
     def _flush_text(self, now: float) -> bool:
         """Write the new text of every pane in one frame, once there is enough of it to be worth a frame.
 

@@ -817,7 +817,8 @@ async def test_app_shows_the_cause_and_fix_in_the_pane(tmp_path: Path, server_bi
         while not (len(state.sides) == 2 and state.sides[0].status == "done" and state.sides[1].status == "crashed"):
             assert asyncio.get_running_loop().time() < deadline, "timed out"
             await pilot.pause(0.1)
-        await pilot.pause(0.5)  # the figures redraw at 4 Hz
+        app.draw_now()  # the figures as they are now, not after a wait for the next frame
+        await pilot.pause()
         alert = list(app.query(GenerationPane))[1].query_one(".pane-alert", Static)
         text = str(getattr(alert.content, "plain", alert.content))
         lines = text.splitlines()

@@ -98,7 +98,8 @@ async def test_three_configs_in_the_app(tmp_path: Path, server_binary, no_leftov
                 break
             await pilot.pause(0.1)
         assert app.state.finished == "done"
-        await pilot.pause(0.5)
+        app.draw_now()
+        await pilot.pause()
         panes = app.panes()
         assert len(panes) == 3 and all(p.region.width > 40 for p in panes)  # three columns side by side
         assert [s.cache_label for s in app.state.sides] == ["K f16 / V f16", "K q8_0 / V q8_0", "K q8_0 / V q4_0"]

@@ -27,8 +27,15 @@ def midpoint(name: str) -> float:
 
 
 async def settle(pilot) -> None:
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause(0.8)  # a text frame (8 Hz) and a figures frame (2 Hz)
+    """The replay stopped, the footer composed and the state drawn: waits for those, not for a fixed time."""
+    app = pilot.app
+    await app.workers.wait_for_complete()
+    for _ in range(200):
+        if app.query("FooterKey"):
+            break
+        await pilot.pause(0.05)
+    app.draw_now()
+    await pilot.pause()
 
 
 def test_running(snap_compare) -> None:

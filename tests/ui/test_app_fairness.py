@@ -41,7 +41,7 @@ async def test_badge_details_and_flag(tmp_path: Path, server_binary, no_leftover
         await wait_for(pilot, lambda: "not comparable: rotation differs" in str(app.query_one(ComparisonStrip).render()),
                        timeout=10)
         await pilot.press("l")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: isinstance(app.screen, ServerLogScreen), timeout=10)
         screen = app.screen
         assert isinstance(screen, ServerLogScreen)
         text = str(screen.query_one("#log-ran-with").render())

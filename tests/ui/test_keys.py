@@ -58,7 +58,8 @@ async def test_the_focused_pane_shows_at_every_status() -> None:
         ]
         for step in steps:
             step()
-            await pilot.pause(0.7)  # a figures frame
+            app.draw_now()  # not a wait for the next frame: a busy machine may be late
+            await pilot.pause()
             for focused, other in ((a, b), (b, a)):
                 focused.focus()
                 await pilot.pause(0.05)

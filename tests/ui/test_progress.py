@@ -74,7 +74,8 @@ async def test_the_server_log_screen_follows_the_file(tmp_path: Path) -> None:
 
     app = Host()
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: isinstance(app.screen, ServerLogScreen) and app.screen.query(Log)
+                         and list(app.screen.query_one(Log).lines))
         view = app.screen.query_one(Log)
         assert list(view.lines) == ["first line"]
         with log.open("a") as f:

@@ -24,6 +24,19 @@ def screen_lines(app: KvtuiApp) -> list[str]:
     return ["".join(segment.text for segment in strip) for strip in strips]
 
 
+async def settled_lines(app: KvtuiApp, pilot) -> list[str]:
+    """The screen once the replay has stopped, its state is drawn and the footer composed: waits for those,
+    never for a fixed time (a busy machine gets to a frame late; a fixed pause made this test flaky)."""
+    await app.workers.wait_for_complete()
+    app.draw_now()
+    for _ in range(200):
+        await pilot.pause(0.05)
+        lines = screen_lines(app)
+        if lines[-1].strip():
+            break
+    return lines
+
+
 def pane_texts(lines: list[str], panes: int) -> list[str]:
     """Each pane's column of the screen, from its top border to its bottom border."""
     top = next(i for i, ln in enumerate(lines) if "╭" in ln or "╔" in ln or "┏" in ln)
@@ -58,9 +71,7 @@ async def test_what_must_stay_visible(size: tuple[int, int], name: str, at: floa
                                       statuses: tuple[str, ...]) -> None:
     app = frozen(name, at)
     async with app.run_test(size=size) as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.8)  # a text frame and a figures frame
-        lines = screen_lines(app)
+        lines = await settled_lines(app, pilot)
         state = app.state
     header = lines[:2]
     assert header[0].startswith(" kvtui ") and state.started.profile_name in header[0]
