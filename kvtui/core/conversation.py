@@ -105,9 +105,6 @@ def parse_conversation(c: Checker, data: dict[str, Any], base_dir: Path | None) 
     conv = c.table(data.get("conversation", {}), _CONVERSATION, "conversation")
     mode = conv.get("mode", "free")
     raw_turns = data.get("turns")
-    if raw_turns is not None and not isinstance(raw_turns, list):
-        raise c.fail("turns", f"expected a list of [[turns]] tables, got {show_value(raw_turns)}",
-                     'write [[turns]] user = "..." for each turn')
     if "file" in conv and raw_turns is not None:
         raise c.fail("turns", "give either conversation.file or [[turns]], not both",
                      "remove the [[turns]] tables, or the file")
@@ -131,7 +128,7 @@ def parse_conversation(c: Checker, data: dict[str, Any], base_dir: Path | None) 
         if "user" not in t:
             raise c.fail(where, "missing user", f'add user = "..." under [[turns]] number {k + 1}')
         if not t["user"].strip():
-            raise c.fail(f"{where}.user", "the user message is empty")
+            raise c.fail(f"{where}.user", "the user message is empty", "write what the user says in this turn")
         if "assistant" in t and mode == "free":
             raise c.fail(f"{where}.assistant", "only a forced conversation puts given replies into the history",
                          'set conversation.mode = "forced", or remove assistant (free: each side\'s own reply '
@@ -142,7 +139,8 @@ def parse_conversation(c: Checker, data: dict[str, Any], base_dir: Path | None) 
             try:
                 re.compile(t["expected_regex"])
             except (re.error, RecursionError, OverflowError) as exc:
-                raise c.fail(f"{where}.expected_regex", f"not a valid regular expression: {exc}") from None
+                raise c.fail(f"{where}.expected_regex", f"not a valid regular expression: {exc}",
+                             "fix the pattern (Python re syntax), or use expected for plain text") from None
         turns.append(Turn(t["user"], t.get("assistant", ""), t.get("expected", ""), t.get("expected_regex", "")))
     system = conv.get("system", "")
     steps = []
