@@ -106,3 +106,12 @@ def test_free_conversation_speeds_are_not_paired_where_contexts_differ() -> None
     for e in conversation_events():  # the same context on both sides in every turn: nothing to flag
         rec.handle(e)
     assert fairness(rec.record) == []
+
+
+def test_run_from_a_conversation_record_runs_the_same_conversation() -> None:
+    from kvtui.core.profiles import load_profile
+    from kvtui.core.record.recorder import profile_from_record
+
+    repo = Path(__file__).resolve().parents[2]
+    again, _ = profile_from_record(repo / "tests" / "data" / "sessions" / "conversation.toml")
+    assert again.conversation == load_profile(repo / "profiles" / "coding-conversation.toml").conversation
