@@ -19,6 +19,7 @@ examples:
   kvtui                                   the app on the demo profile (bundled server and model)
   kvtui run profiles/demo.toml --headless
   kvtui run profiles/coding-circuit-breaker.toml --model ~/models/Qwen3-Coder-30B-Q4_K_M.gguf
+  kvtui run profiles/coding-conversation.toml   a six-turn conversation (model "smollm2": fetched once)
   kvtui run --from sessions/examples/gpu-parallel.toml --server-bin ~/llama.cpp/build/bin/llama-server
   kvtui replay sessions/examples/gpu-parallel.toml --speed 4
   kvtui show sessions/*.toml --format md
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("profile", nargs="?", help="profile TOML (default: the demo profile)")
     run.add_argument("--from", dest="from_record", metavar="RECORD",
                      help="repeat the comparison of a session record (same profile, flags, prompt, seed)")
-    run.add_argument("--model", help="GGUF model path (overrides the profile)")
+    run.add_argument("--model", help="GGUF model path, or \"smollm2\" (overrides the profile)")
     run.add_argument("--server-bin", help="llama-server binary (overrides the profile and $KVTUI_LLAMA_SERVER)")
     run.add_argument("--mode", choices=("auto", "parallel", "sequential"),
                      help="both servers at once, or one after the other (default: the profile's, auto)")
