@@ -78,7 +78,7 @@ async def test_requests_become_numbered_turns_and_the_reply_ends_the_answer():
         await server.close()
     assert first == (200, b'{"choices": []}') and second[0] == 200
     assert [(t.turn, t.messages[0]["content"]) for t in turns] == [(1, "a"), (2, "b")]
-    assert turns[0].params == {"max_tokens": 3} and turns[1].params == {"tools": []}
+    assert turns[0].params == {"max_tokens": 3, "stream": False} and turns[1].params == {"tools": [], "stream": False}
 
 
 async def test_a_primary_that_fails_before_answering_gives_502_and_shutdown_gives_503():
@@ -138,3 +138,5 @@ async def test_recorded_source_yields_every_turn_once():
     source = RecordedSource(expand_turns(rows), Turn)
     turns = [t async for t in source]
     assert [(t.turn, len(t.messages)) for t in turns] == [(1, 1), (2, 2)]
+    assert [t.turn async for t in source] == [1, 2]  # again from the start (sequential mode: once per side)
+    assert source.mode == "forced"

@@ -8,9 +8,8 @@ answers each recorded request with identical messages, whatever any side answere
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,25 +69,22 @@ def _json(text: str, where: str, kind: type) -> Any:
 
 
 class RecordedSource:
-    """The recorded requests as a TurnSource, one after the other.
+    """The recorded requests as a TurnSource, one after the other; iterable again (sequential mode, reruns).
 
     Args:
         requests: from :func:`expand_turns`.
         make_turn: builds the engine's TurnRequest from ``turn``, ``messages`` and ``params``.
     """
 
+    mode = "forced"  # every side gets the recorded messages, whatever it answered before
+
     def __init__(self, requests: Sequence[RecordedRequest], make_turn: Callable[..., Any]) -> None:
         self.requests = list(requests)
         self.make_turn = make_turn
-        self._next = 0
 
-    def __aiter__(self) -> RecordedSource:
-        return self
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._turns()
 
-    async def __anext__(self) -> Any:
-        await asyncio.sleep(0)
-        if self._next >= len(self.requests):
-            raise StopAsyncIteration
-        r = self.requests[self._next]
-        self._next += 1
-        return self.make_turn(turn=r.turn, messages=r.messages, params=dict(r.params))
+    async def _turns(self) -> AsyncIterator[Any]:
+        for r in self.requests:
+            yield self.make_turn(turn=r.turn, messages=r.messages, params=dict(r.params))

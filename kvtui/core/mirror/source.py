@@ -28,6 +28,8 @@ class MirrorSource:
         first_turn: the number of the first turn.
     """
 
+    mode = "mirror"
+
     def __init__(self, make_turn: MakeTurn, first_turn: int = 1) -> None:
         self.make_turn = make_turn
         self.next_turn = first_turn
@@ -42,6 +44,7 @@ class MirrorSource:
             return
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         params = dict(agent.params)
+        params["stream"] = agent.stream  # as the agent asked (absent means false), not the engine's default
         if agent.endpoint != "chat":
             params["endpoint"] = agent.path  # llama-server's /completion: no messages, the prompt in params
         turn = self.make_turn(turn=self.next_turn, messages=agent.messages, params=params, reply=reply,
