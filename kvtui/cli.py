@@ -1,4 +1,5 @@
-"""Command line: ``kvtui``, ``kvtui run``, ``kvtui replay``, ``kvtui show``, ``kvtui score``, ``kvtui doctor``.
+"""Command line: ``kvtui``, ``kvtui run``, ``kvtui replay``, ``kvtui show``, ``kvtui score``, ``kvtui mirror``,
+``kvtui doctor``.
 
 Exit codes: 0 done, 1 a run failed (a server crashed, ...), 2 bad input.
 """
@@ -25,6 +26,7 @@ examples:
   kvtui doctor                            what kvtui found: server, model, GPUs
   kvtui doctor --server-bin PATH          ... and which K/V pairs run flash attention on the GPU with that build
   kvtui score profiles/quality.toml --text benchmarks/data/lighthouse.txt   KL divergence vs f16
+  kvtui mirror profiles/mirror.toml       an OpenAI-compatible API for a coding agent, mirrored to every side
 exit codes: 0 done, 1 a run failed, 2 bad input
 """
 
@@ -72,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_score_parser(sub)
 
+    from .mirror_cli import add_parser as add_mirror_parser
+
+    add_mirror_parser(sub)
+
     doc = sub.add_parser("doctor", help="show what kvtui found and whether a run can start")
     doc.add_argument("--model", help="GGUF model path to check (default: the demo profile's)")
     doc.add_argument("--server-bin", help="llama-server binary to check; also measures it: one short probe server "
@@ -96,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             from .score_cli import score
 
             return score(args)
+        if args.command == "mirror":
+            from .mirror_cli import mirror
+
+            return mirror(args)
         if args.command == "replay":
             return replay(args.record, args.speed, args.headless)
         if args.command in (None, "run"):
