@@ -111,13 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in (None, "run"):
             profile: object = getattr(args, "profile", None) or str(default_profile_path())
             server_bin = getattr(args, "server_bin", None)
+            requests = None  # a mirror record's requests, run again as a forced conversation
             if getattr(args, "from_record", None):
                 if getattr(args, "profile", None):
                     raise KvtuiError("give a PROFILE or --from RECORD, not both", "drop one of them")
+                from kvtui.core.mirror.rerun import recorded_requests
                 from kvtui.core.record.recorder import profile_from_record
 
                 profile, recorded_bin = profile_from_record(args.from_record)
                 server_bin = server_bin or recorded_bin
+                requests = recorded_requests(args.from_record)
             headless = getattr(args, "headless", False)
             from kvtui.core.run.prepare import prepare
 
@@ -128,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                                allow_remote=getattr(args, "allow_remote", False),
                                force=getattr(args, "force", False))
             force = getattr(args, "force", False)
+            session = None
+            if requests is not None:
+                from kvtui.core.mirror.rerun import RecordedSession
+
+                session = RecordedSession(prepared, requests)
             if headless:
                 from kvtui.core.run.plan import overcommit
 
@@ -135,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                 if refusal is not None:
                     print(f"kvtui: error: {refusal}", file=sys.stderr)
                     return EXIT_BAD_INPUT
-                return run_headless(prepared)
+                return run_headless(prepared, session)
             from kvtui.ui.app import run_app
 
-            return run_app(prepared, force=force)
+            return run_app(prepared, force=force, session=session)
     except KvtuiError as exc:
         _print_error(exc)
         return exc.exit_code
@@ -186,11 +194,11 @@ def replay(path: str, speed: float, headless: bool) -> int:
     return code if isinstance(code, int) else EXIT_OK
 
 
-def run_headless(prepared: object) -> int:
+def run_headless(prepared: object, session: object = None) -> int:
     """Run a prepared session with the headless console; returns the exit code.
 
-    The same ``LiveSession`` as the app drives the runner and the recorder;
-    the console is one more sink of its events.
+    The same ``LiveSession`` as the app drives the runner and the recorder (``session``: one of its kind,
+    e.g. a mirror record's requests run again); the console is one more sink of its events.
     """
     from kvtui.core.run.live import LiveSession
     from kvtui.core.run.prepare import Prepared
@@ -199,7 +207,9 @@ def run_headless(prepared: object) -> int:
 
     assert isinstance(prepared, Prepared)
     console = HeadlessConsole(wide_console())
-    session = LiveSession(prepared)
+    if session is None:
+        session = LiveSession(prepared)
+    assert isinstance(session, LiveSession)
     session.sinks.append(console.handle)
 
     async def main_task() -> str:
