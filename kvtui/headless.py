@@ -16,6 +16,7 @@ from kvtui.core.events import (
     LoopDetected,
     PatternDetected,
     PromptProgress,
+    ReplyLoopDetected,
     RunFinished,
     ServerExited,
     ServerReady,
@@ -23,11 +24,12 @@ from kvtui.core.events import (
     SessionFinished,
     SessionStarted,
     SideWaiting,
+    TurnStarted,
     WarmupDone,
 )
 from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, summarize, unfair_pair, verdicts
 from kvtui.core.record.model import SessionRecord
-from kvtui.core.view import SessionState
+from kvtui.core.view import SessionState, one_line, turn_figures
 
 PROGRESS_PRINT_S = 5.0  # at most one progress line per side this often
 PROGRESS_AFTER_S = 1.0  # a prompt done sooner prints no progress
@@ -73,6 +75,8 @@ class HeadlessConsole:
                         self.say(k, f"on {escape(side.placement)}", "dim")
                 for w in e.warnings:
                     self.console.print(f"[yellow]warning: {escape(w)}[/]", soft_wrap=True)
+                if e.conversation:
+                    self.console.print(f"conversation: {e.conversation}")
                 if self.use_live:
                     self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=True)
                     self._live.start()
@@ -115,6 +119,17 @@ class HeadlessConsole:
                 if not looping_before:
                     self.say(e.side, f"repetition loop: {e.period}-token cycle from token {e.start}, "
                                      f"x{e.repeats} so far", "bold red")
+            case TurnStarted():
+                self.console.print(f"[bold]turn {e.turn}[/]: {escape(one_line(e.user, 120))}", soft_wrap=True)
+            case ReplyLoopDetected():
+                last = e.first_turn + e.turns - 1
+                self.say(e.side, f"a loop of replies: turns {e.first_turn}-{last} gave the same or a near-same "
+                                 "reply", "bold red")
+            case RunFinished() if e.result.turn is not None:
+                r = e.result
+                self.say(e.side, f"turn {r.turn}: {turn_figures(r)}")
+                if r.text:
+                    self.say(e.side, f"  {escape(repr(one_line(r.text, 100)))}", "dim")
             case RunFinished():
                 r = e.result
                 if r.predicted_per_second is not None:
@@ -208,11 +223,16 @@ class HeadlessConsole:
                 self.console.print(f"  {other} vs {base}: {prefix}{v}")
         for line in divergence_lines(record):
             self.console.print(line, soft_wrap=True)  # one line each, even in a log file
-        for s in summaries:
+        for s, side in zip(summaries, record.sides, strict=False):
             if s.reply_loop is not None:
                 first, count = s.reply_loop
-                self.console.print(f"[bold red]{s.name}: a loop of replies[/]: runs {first + 1}-{first + count} gave "
-                                   "near-identical answers to different prompts")
+                turn = side.runs[first].turn if first < len(side.runs) else None
+                if turn is not None:
+                    self.console.print(f"[bold red]{s.name}: a loop of replies[/]: turns {turn}-{turn + count - 1} "
+                                       "gave the same or a near-same reply")
+                else:
+                    self.console.print(f"[bold red]{s.name}: a loop of replies[/]: runs {first + 1}-{first + count} "
+                                       "gave near-identical answers to different prompts")
         if path:
             self.console.print(f"record: {path}")
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, summarize
 from kvtui.core.record.model import SessionRecord, read_record
+from kvtui.core.view import one_line
 from kvtui.headless import legend_lines
 
 COLUMNS = ("record", "created", "model", "server", "side", "cache", "status", "runs", "schedule", "pp_tps", "tg_tps",
@@ -120,8 +121,40 @@ def _print_record(out: Console, path: str, rec: SessionRecord) -> None:
     for side in rec.sides:
         if side.ran_with is not None:
             out.print(f"  [dim]{escape(side.name)} ran with: {escape(side.ran_with.badge())}[/]")
+    if rec.conversation is not None:
+        _print_turns(out, rec)
     _print_verdict(out, rec, summaries)
     out.print()
+
+
+def _print_turns(out: Console, rec: SessionRecord) -> None:
+    """A conversation: every turn of every side, with its figures and flags."""
+    assert rec.conversation is not None
+    out.print(f"  conversation: {rec.conversation.mode}, {len(rec.turns)} turns")
+    for side in rec.sides:
+        t = Table(box=None, pad_edge=False, title=f"{side.name} ({side.cache})", title_justify="left")
+        for col in ("turn", "tokens", "tg t/s", "pp t/s", "context", "cached", "check", "stop", "flags", "reply"):
+            t.add_column(col, justify="right" if col in ("turn", "tokens", "tg t/s", "pp t/s", "context", "cached")
+                         else "left", no_wrap=True, overflow="ellipsis", max_width=36 if col == "reply" else None,
+                         min_width=None if col in ("reply", "check") else len(col))
+        loop = side.reply_loop
+        in_loop = set(range(loop.first_run, loop.first_run + loop.runs)) if loop is not None else set()
+        for k, r in enumerate(side.runs):
+            flags = []
+            if r.loop is not None:
+                flags.append(f"loop {r.loop.period}x{r.loop.repeats}")
+            if k in in_loop:
+                flags.append("REPLY LOOP")
+            tg = _fmt(r.predicted_per_second) if r.predicted_per_second is not None else (
+                f"~{_fmt(r.client_tokens_per_second)} (kvtui)" if r.client_tokens_per_second else "-")
+            t.add_row(str(r.turn if r.turn is not None else "-"), _fmt(r.predicted_n), tg, _fmt(r.prompt_per_second),
+                      _fmt(r.context_n), _fmt(r.cache_n), r.check.brief() if r.check else "", str(r.stop),
+                      ", ".join(flags), escape(one_line(r.text, 48)))
+        out.print(t)
+        if loop is not None and loop.first_run < len(side.runs):
+            first = side.runs[loop.first_run].turn
+            out.print(f"  [bold red]{escape(side.name)}: a loop of replies[/]: turns {first}-"
+                      f"{(first or 0) + loop.runs - 1} gave the same or a near-same reply")
 
 
 def _print_verdict(out: Console, rec: SessionRecord, summaries: list[SideSummary]) -> None:

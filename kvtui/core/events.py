@@ -35,6 +35,7 @@ class SessionStarted:
     created: str  # ISO 8601 wall-clock time
     replay: bool = False
     warnings: tuple[str, ...] = ()  # from the plan: legal, but likely not what was meant
+    conversation: str = ""  # a conversation's mode: "free", "forced" or "mirror"; "" for prompts
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class RequestSent:
     repeat: int = 0
     seed: int | None = None
     schedule: Schedule | None = None  # solo when no other side generates (a rerun, sequential mode)
+    turn: int | None = None  # the conversation's turn (1-based); None outside conversations
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +206,34 @@ class LoopDetected:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnStarted:
+    """A conversation's turn begins (session level): what it adds, before any side's ``RequestSent``.
+
+    ``messages`` are the turn's new messages: in a free conversation what it adds to every side's own
+    history; otherwise the request's messages after the ``keep`` leading ones it shares with the previous
+    turn's request. ``params`` are the request's other fields (tools, max_tokens, ...).
+    """
+
+    t: float
+    turn: int  # 1-based
+    user: str  # the turn's last user message, as text (what the app shows)
+    messages_new: int
+    keep: int | None = None  # None: a free conversation (each side's history is its own)
+    messages: tuple[dict, ...] = ()
+    params: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLoopDetected:
+    """A loop of replies: the side gave the same or a near-same reply in ``turns`` consecutive turns (3 or more)."""
+
+    t: float
+    side: int
+    first_turn: int
+    turns: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     """A measured request ended: ``result`` is the run exactly as the record keeps it."""
 
@@ -252,6 +282,8 @@ Event = (
     | PromptProgress
     | LoopDetected
     | PatternDetected
+    | TurnStarted
+    | ReplyLoopDetected
     | RunFinished
     | SideFinished
     | ErrorRaised

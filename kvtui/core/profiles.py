@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvtui.core.conversation import Conversation, parse_conversation
 from kvtui.core.errors import ProfileError
 from kvtui.core.tablecheck import Checker, show_value
 from kvtui.core.vocab import CACHE_TYPES as _CACHE_BLOCKS
@@ -108,14 +109,24 @@ class Profile:
     run: RunSettings = field(default_factory=RunSettings)
     description: str = ""
     source: str = ""
+    conversation: Conversation | None = None  # turns instead of prompts; ``prompts`` then holds its first turn
 
     @property
     def prompt(self) -> Prompt:
-        """The first prompt (most profiles have one)."""
+        """The first prompt (most profiles have one; a conversation's is its first user message, on chat)."""
         return self.prompts[0]
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as TOML-ready data, in the same layout as the file."""
+        d = self._dict()
+        if self.conversation is not None:
+            del d["prompts"]
+            d["conversation"] = self.conversation.to_dict()
+            if self.conversation.turns:
+                d["turns"] = self.conversation.turns_list()
+        return d
+
+    def _dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
@@ -169,7 +180,7 @@ def _prompt_dict(p: Prompt) -> dict[str, Any]:
 # key -> (expected python type(s), allowed values or None)
 _TOP = {"name": (str, None), "description": (str, None), "model": (dict, None), "server": (dict, None),
         "sides": (list, None), "prompt": (dict, None), "prompts": (list, None), "sampling": (dict, None),
-        "run": (dict, None)}
+        "run": (dict, None), "conversation": (dict, None), "turns": (list, None)}
 _MODEL = {"path": (str, None)}
 _SERVER = {"bin": (str, None), "ctx_size": (int, None), "n_gpu_layers": (int, None),
            "flash_attn": (str, FLASH_ATTN), "threads": (int, None), "extra_args": (list, None)}
@@ -240,11 +251,23 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
 
     if "prompt" in data and "prompts" in data:
         raise c.fail("prompts", "give either [prompt] or [[prompts]], not both", "use [[prompts]] for a suite")
-    raw_prompts = data["prompts"] if "prompts" in data else [data.get("prompt", {})]
-    if not raw_prompts:
-        raise c.fail("prompts", "the list is empty", "add at least one [[prompts]] table")
-    prompts = tuple(_parse_prompt(c, raw, "prompt" if "prompts" not in data else f"prompts[{k}]", base_dir, k)
-                    for k, raw in enumerate(raw_prompts))
+    conversation = parse_conversation(c, data, base_dir)
+    if conversation is not None:
+        given = next(k for k in ("prompt", "prompts", "conversation", "turns") if k in data)
+        if "prompt" in data or "prompts" in data:
+            raise c.fail(given, "give either a prompt ([prompt] or [[prompts]]) or a conversation "
+                                "([conversation] and [[turns]]), not both",
+                         "a conversation's user messages go in [[turns]] user = \"...\"")
+        if run.repeats != 1:
+            raise c.fail("run.repeats", f"{run.repeats}: a conversation runs once", "leave run.repeats out")
+        prompts: tuple[Prompt, ...] = (Prompt(text=conversation.first_user(), endpoint="chat",
+                                              system=conversation.system, name="turn 1"),)
+    else:
+        raw_prompts = data["prompts"] if "prompts" in data else [data.get("prompt", {})]
+        if not raw_prompts:
+            raise c.fail("prompts", "the list is empty", "add at least one [[prompts]] table")
+        prompts = tuple(_parse_prompt(c, raw, "prompt" if "prompts" not in data else f"prompts[{k}]", base_dir, k)
+                        for k, raw in enumerate(raw_prompts))
     names = [pr.name for pr in prompts]
     if len(set(names)) != len(names):
         raise c.fail("prompts", f"prompt names must differ, got {names}", "give each [[prompts]] its own name")
@@ -255,7 +278,8 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     named = {"name": Path(source).stem if source else "profile"}  # an empty name counts as none
     named.update((k, v) for k, v in data.items() if k in ("name", "description") and v)
     profile = Profile(**named, model=model["path"] if "path" in model else "", sides=tuple(sides),  # type: ignore[arg-type]
-                      prompts=prompts, sampling=sampling, run=run, source=source, **server_keys)
+                      prompts=prompts, sampling=sampling, run=run, source=source, conversation=conversation,
+                      **server_keys)
     c.positive(profile.ctx_size, "server.ctx_size", 256)
     c.positive(run.repeats, "run.repeats")
     c.positive(sampling.n_predict, "sampling.n_predict")

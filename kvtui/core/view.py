@@ -27,6 +27,7 @@ from kvtui.core.events import (
     MemorySampled,
     PatternDetected,
     PromptProgress,
+    ReplyLoopDetected,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -37,10 +38,13 @@ from kvtui.core.events import (
     SideFinished,
     SideWaiting,
     TokenReceived,
+    TurnStarted,
     WarmupDone,
 )
 from kvtui.core.logs.provenance import RanWith
 from kvtui.core.quality.figures import RateMeter
+from kvtui.core.quality.loops import piece_key
+from kvtui.core.record.model import Run
 from kvtui.core.vocab import SideStatus, StopReason
 
 RATE_HISTORY = 120  # sparkline points kept per side
@@ -59,6 +63,32 @@ def _log_time(line: str) -> float | None:
         return None
     return int(m[1]) * 60 + int(m[2]) + int(m[3]) / 1e3 + int(m[4]) / 1e6
 BUCKET_S = 0.25  # the sparkline's time step: tokens per bucket of event time, not of screen time
+TURN_MARK = "» "  # a conversation's turn header in a pane's text
+FIGURES_MARK = "  ↳ "  # the turn's figures under its reply
+
+
+def turn_figures(run: Run) -> str:
+    """One turn's figures: ``72 tok · tg 40.1 t/s · pp 310.2 t/s · context 312 · 1 code block · eos``."""
+    parts = [f"{run.predicted_n or 0} tok"]
+    if run.predicted_per_second is not None:
+        parts.append(f"tg {run.predicted_per_second:.1f} t/s")
+    elif run.client_tokens_per_second:
+        parts.append(f"tg ~{run.client_tokens_per_second:.1f} t/s (kvtui)")
+    if run.prompt_per_second is not None:
+        parts.append(f"pp {run.prompt_per_second:.1f} t/s")
+    if run.context_n is not None:
+        parts.append(f"context {run.context_n:,}")
+    brief = run.check.brief() if run.check is not None else ""
+    if brief:
+        parts.append(brief)
+    parts.append(str(run.stop))
+    return " · ".join(parts)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text on one line (whitespace collapsed), cut at ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 @dataclass
@@ -111,6 +141,11 @@ class SideState:
     attached: bool = False  # cache types as declared; never stopped by kvtui
     memory_remote: bool = False  # attached to a server on another machine: memory not sampled
     progress: PromptProgress | None = None  # the prompt being processed (None once the first token came)
+    turn: int | None = None  # a conversation's turn this side answers (or last answered)
+    context_n: int | None = None  # that turn's context, prompt tokens in all (its RunFinished)
+    reply_loop: tuple[int, int] | None = None  # a loop of replies: (first turn, turns)
+    shown: int = 0  # characters of text handed to the pane since it was last cleared (turn headers included)
+    reply_offset: int = 0  # where the current reply begins in them
 
     @property
     def progress_line(self) -> str:
@@ -138,7 +173,12 @@ class SideState:
         """Where the loop begins in the shown text (pieces are fed one per chunk)."""
         if self.loop is None:
             return None
-        return sum(len(p) for p in self.pieces[: self.loop[1]])
+        return self.reply_offset + sum(len(p) for p in self.pieces[: self.loop[1]])
+
+    def show_text(self, text: str) -> None:
+        """Hand text to the pane (it draws what is pending on its next frame)."""
+        self.pending.append(text)
+        self.shown += len(text)
 
 
 @dataclass
@@ -150,6 +190,9 @@ class SessionState:
     finished: str | None = None
     now: float = 0.0
     events: int = 0
+    conversation: str = ""  # "free", "forced", "mirror"; "" for prompts
+    turn: int | None = None  # the conversation's latest turn
+    turn_users: dict[int, str] = field(default_factory=dict)  # each turn's user message, as text
     _div: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # side -> (run, checked, first)
 
     def apply(self, e: Event) -> None:
@@ -159,11 +202,16 @@ class SessionState:
         if isinstance(e, SessionStarted):
             self.started = e
             self.finished = None
+            self.conversation, self.turn, self.turn_users = e.conversation, None, {}
             self.sides = [SideState(s.name, s.cache_type_k, s.cache_type_v, s.kv_estimate_mib,
                                     placement=s.placement, attached=s.attached) for s in e.sides]
             return
         if isinstance(e, SessionFinished):
             self.finished = e.status
+            return
+        if isinstance(e, TurnStarted):
+            self.turn = e.turn
+            self.turn_users[e.turn] = e.user
             return
         side_index = getattr(e, "side", None)
         if side_index is None or not 0 <= side_index < len(self.sides):
@@ -179,14 +227,21 @@ class SessionState:
                 s._count(e.t, e.n)
                 s.tokens = e.n
                 s.pieces.append(e.text)
-                s.ids.append(e.token_id if e.token_id is not None else -1)
-                s.pending.append(e.text)
+                # a chat stream names no token ids: its pieces stand in for them (as the record's comparison)
+                s.ids.append(e.token_id if e.token_id is not None else piece_key(e.text) or -1)
+                s.show_text(e.text)
                 if s.ttft_ms is None and s.sent_t is not None:
                     s.ttft_ms = (e.t - s.sent_t) * 1000
                 s.meter.add(e.t, e.n)
             case RequestSent():
                 s.status, s.run, s.tokens, s.sent_t = SideStatus.GENERATING, e.run, 0, e.t
-                s.pieces, s.ids, s.pending, s.reset_text = [], [], [], True
+                s.pieces, s.ids = [], []
+                if e.turn is None:  # a prompt's run: the pane starts over
+                    s.pending, s.reset_text, s.shown = [], True, 0
+                else:  # a conversation's turn: under the earlier ones, after a header
+                    user = one_line(self.turn_users.get(e.turn, ""), 160)
+                    s.show_text(("\n" if s.shown else "") + f"{TURN_MARK}turn {e.turn} · {user}\n")
+                s.turn, s.context_n, s.reply_offset = e.turn, None, s.shown
                 s.meter, s.buckets, s.first_t, s.ttft_ms, s.loop, s.stop = RateMeter(), [], None, None, None, None
                 s.pattern = None
                 s.prompt_per_second = s.predicted_per_second = s.client_tokens_per_second = None
@@ -201,6 +256,8 @@ class SessionState:
                 s.pattern = (e.skeleton, e.repeats, e.start)
             case LoopDetected():
                 s.loop, s.loop_text, s.status = (e.period, e.start, e.repeats), e.text, SideStatus.LOOPING
+            case ReplyLoopDetected():
+                s.reply_loop = (e.first_turn, e.turns)
             case RunFinished():
                 run = e.result
                 if s.status in (SideStatus.GENERATING, SideStatus.LOOPING):  # until its next run, or SideFinished
@@ -213,6 +270,9 @@ class SessionState:
                     s.ttft_ms = run.ttft_ms
                 if run.predicted_n is not None:
                     s.tokens = run.predicted_n
+                if run.turn is not None:
+                    s.context_n = run.context_n
+                    s.show_text(f"\n{FIGURES_MARK}{turn_figures(run)}\n")
             case SideWaiting():
                 s.status, s.waiting_reason = SideStatus.WAITING, e.reason
             case ServerStarting():

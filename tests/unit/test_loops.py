@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvtui.core.quality import loops
-from kvtui.core.quality.loops import Loop, LoopDetector, find_loop, replies_loop
+from kvtui.core.quality.loops import Loop, LoopDetector, ReplyLoopWatch, find_loop, replies_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "data" / "loops"
@@ -389,6 +389,42 @@ def test_replies_loop_negatives():
     assert replies_loop(["The capital of France is Paris.", "The capital of Spain is Madrid.",
                          "The capital of Italy is Rome."]) is None
     assert replies_loop([REPLY, REPLY], min_run=2) == (0, 2)
+
+
+def _watch(replies: list[str]) -> list[tuple[int, int] | None]:
+    w = ReplyLoopWatch()
+    return [w.feed(r) for r in replies]
+
+
+def test_reply_loop_watch_reports_from_the_third_same_reply_on():
+    variant = REPLY.replace("another", "any other")
+    assert _watch(["Hello!", REPLY, variant, REPLY, REPLY, "Bye", REPLY]) == [
+        None, None, None, (1, 3), (1, 4), None, None]
+    assert _watch(["", "", ""]) == [None, None, None]  # as replies_loop: empty replies are no loop
+    assert _watch(["The capital of France is Paris.", "The capital of Spain is Madrid.",
+                   "The capital of Italy is Rome."]) == [None, None, None]
+
+
+def test_reply_loop_watch_finds_a_second_loop_after_a_first():
+    # live, a later loop counts too (replies_loop reports only the first)
+    other = "Here's a test of the function with a few test cases."
+    found = _watch([REPLY] * 3 + ["break"] + [other] * 3)
+    assert found[2] == (0, 3) and found[-1] == (4, 3)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([REPLY, REPLY.replace("another", "any other"), "Bye now.", "",
+                                 "The capital of Spain is Madrid."]), max_size=12))
+def test_reply_loop_watch_agrees_with_replies_loop(replies):
+    # replies_loop's first run is what the watch reports at that run's last reply
+    first = replies_loop(replies)
+    live = _watch(replies)
+    if first is None:
+        assert all(x is None for x in live)
+    else:
+        start, count = first
+        assert live[start + count - 1] == (start, count)
+        assert all(x is None for x in live[:start + 2])
 
 
 def test_a_multiple_just_outside_a_run_is_still_tracked():

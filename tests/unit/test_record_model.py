@@ -28,6 +28,7 @@ from kvtui.core.record.model import (
     CUT_SHORT,
     SCHEMA,
     Comparison,
+    ConversationInfo,
     Host,
     Model,
     ReplyLoop,
@@ -35,6 +36,7 @@ from kvtui.core.record.model import (
     Server,
     SessionRecord,
     Side,
+    TurnRecord,
     Verdict,
     keys_markdown,
     read_record,
@@ -54,7 +56,8 @@ RECORDS_SO_FAR = [p for p in sorted(SESSIONS.glob("*.toml")) if p.name != "loop-
 def full_record() -> SessionRecord:
     """A record with every kind of key set: nested tables, arrays of tables, lists of lists, enums."""
     check = check_text("```python\ndef test_a():\n    assert 1\n```\n", expected="assert")
-    run = Run(run=0, stop="loop", schedule="alternate", prompt="p", repeat=1, seed=43, prompt_n=9,
+    run = Run(run=0, stop="loop", schedule="alternate", prompt="p", turn=2, repeat=1, seed=43, prompt_n=9, cache_n=30,
+              context_n=39,
               prompt_per_second=120.5, predicted_n=3, predicted_per_second=20.25, ttft_ms=31.5,
               client_tokens_per_second=19.75, t_sent=1.5, t_end=2.5, text="abc", pieces=("a", "b", "c"),
               t_ms=(10.0, 20.0, 30.5), ids=(1, 2, -1), counts=(1, 2, 3), loop=Loop(1, 0, 3, "a"),
@@ -74,7 +77,10 @@ def full_record() -> SessionRecord:
         mode="parallel", mode_reason="both fit", schedule="alternate", error="session error",
         host=Host("Linux", "x86_64", "EPYC", 2, 24000.0, "H200", 1, 143771.0, "580"),
         server=Server("/bin/llama-server", "b1"), model=Model("/m.gguf", "Gemma", 241.0, "gemma3"),
-        profile={"name": "demo", "sampling": {"seed": 42}}, sides=[side, Side("q4_0", "q4_0", "q4_0", url="http://127.0.0.1:8081", cache_types="declared",
+        profile={"name": "demo", "sampling": {"seed": 42}}, conversation=ConversationInfo("forced"),
+        turns=[TurnRecord(1, 0.5, 0, '[{"role": "user", "content": "hi"}]', '{"max_tokens": 8}'),
+               TurnRecord(2, 1.5, 2, '[{"role": "user", "content": "more"}]', "{}")],
+        sides=[side, Side("q4_0", "q4_0", "q4_0", url="http://127.0.0.1:8081", cache_types="declared",
                                             placement="http://127.0.0.1:8081", served_model="/m.gguf",
                                             memory_source="remote")],
         comparisons=[Comparison("q8_0", "q4_0", "p", 1, False, 2, 0.5, 0.25, 0.9, 0.01, 5, 3)],

@@ -62,6 +62,19 @@ class TaskCheck:
         """The figures as the session record stores them."""
         return dump(self)
 
+    def brief(self) -> str:
+        """A few words: ``2 code blocks, py 1/2 parse, 3 tests, answer right`` ("" when there is nothing)."""
+        parts = []
+        if self.code_blocks:
+            parts.append(f"{self.code_blocks} code block{'s' if self.code_blocks > 1 else ''}")
+        if self.python_blocks:
+            parts.append(f"py {self.python_parse_ok}/{self.python_blocks} parse")
+        if self.tests:
+            parts.append(f"{self.tests} test{'s' if self.tests > 1 else ''}")
+        if self.answer_ok is not None:
+            parts.append("answer right" if self.answer_ok else "answer wrong")
+        return ", ".join(parts)
+
 
 def code_blocks(text: str) -> list[tuple[str, str, str]]:
     """Fenced blocks as (info string, body, the text just before the fence); an unclosed last block counts."""

@@ -14,8 +14,8 @@ Near-loops (a block repeating with a counter changing inside, "Step 7: ...",
 "Step 8: ...") are deliberately *not* reported: that shape is exactly a
 numbered list, a dict literal, a run of similar test functions or a switch
 statement, which are legitimate, and telling them apart needs the meaning of
-the text, not its tokens. The turn-level check :func:`replies_loop` and the
-generation length limit catch those runs instead.
+the text, not its tokens. The turn-level check :func:`replies_loop` (live:
+:class:`ReplyLoopWatch`) and the generation length limit catch those runs instead.
 
 :class:`LoopDetector` answers after every token in amortized O(1) (it keeps the
 token history, so memory grows with the stream); :func:`find_loop` runs it over a
@@ -311,6 +311,34 @@ def replies_loop(replies: list[str], *, min_run: int = 3,
             return start, i - start
         start = i
     return None
+
+
+class ReplyLoopWatch:
+    """:func:`replies_loop` live, one reply at a time: the run of near-identical replies ending at the latest one.
+
+    Each new reply is compared with the one before only (the same neighbour rule as ``replies_loop``), so a
+    long conversation costs one comparison per turn.
+
+    Args:
+        min_run, similarity: as for :func:`replies_loop`.
+    """
+
+    def __init__(self, min_run: int = 3, similarity: float = 0.9) -> None:
+        self.min_run, self.similarity = min_run, similarity
+        self._last: list[str] | None = None
+        self._start = 0  # index of the first reply of the current run of similar ones
+        self.count = 0  # replies fed
+
+    def feed(self, reply: str) -> tuple[int, int] | None:
+        """Take the next reply; returns (index of the run's first reply, replies in the run) when that run of
+        near-identical replies, ending with this one, is ``min_run`` long or longer, else None."""
+        words = _WORDS.findall(reply)
+        if self._last is None or not _similar(self._last, words, self.similarity):
+            self._start = self.count
+        self._last = words
+        self.count += 1
+        run = self.count - self._start
+        return (self._start, run) if run >= self.min_run else None
 
 
 def piece_key(text: str) -> int | None:

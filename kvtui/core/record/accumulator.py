@@ -19,6 +19,7 @@ class ServerTimings(Protocol):
     prompt_per_second: float | None
     predicted_n: int | None
     predicted_per_second: float | None
+    cache_n: int | None
 
 
 class RunAccumulator:
@@ -27,13 +28,14 @@ class RunAccumulator:
     Args:
         run: the run number on its side.
         t_sent: when the request was sent (seconds since the session started).
-        prompt, repeat, seed, schedule: as in :class:`Run`.
+        prompt, repeat, seed, schedule, turn: as in :class:`Run`.
     """
 
     def __init__(self, run: int, t_sent: float, prompt: str = "", repeat: int = 0, seed: int | None = None,
-                 schedule: Schedule | None = None) -> None:
+                 schedule: Schedule | None = None, turn: int | None = None) -> None:
         self.run, self.t_sent, self.prompt, self.repeat, self.seed, self.schedule = (
             run, t_sent, prompt, repeat, seed, schedule)
+        self.turn = turn
         self.pieces: list[str] = []
         self.t_ms: list[float] = []
         self.ids: list[int] = []
@@ -77,9 +79,12 @@ class RunAccumulator:
         if self.first and self.last and self.last[0] > self.first[0]:
             client = (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
         tops = self.tops if self.tops and len(self.tops) == len(self.pieces) else []
+        prompt_n = as_int(timings.prompt_n if timings else None)
+        cache_n = as_int(getattr(timings, "cache_n", None))
         return Run(
-            run=self.run, stop=StopReason(stop), schedule=self.schedule, prompt=self.prompt, repeat=self.repeat,
-            seed=self.seed, prompt_n=as_int(timings.prompt_n if timings else None),
+            run=self.run, stop=StopReason(stop), schedule=self.schedule, prompt=self.prompt, turn=self.turn,
+            repeat=self.repeat, seed=self.seed, prompt_n=prompt_n, cache_n=cache_n,
+            context_n=prompt_n + cache_n if prompt_n is not None and cache_n is not None else None,
             prompt_per_second=round3(timings.prompt_per_second if timings else None),
             predicted_n=as_int(timings.predicted_n if timings and timings.predicted_n is not None
                              else self.last[1] if self.last else 0),

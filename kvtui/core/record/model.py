@@ -51,10 +51,16 @@ class Run:
                                     "contended), `alternate` (one request at a time) or `solo` (its server "
                                     "alone); a "
                                     "kvtui.session/1 record's runs take the session's `schedule`", None)
-    prompt: str = key("the name of the suite's prompt it answered", "")
+    prompt: str = key("the name of the suite's prompt it answered; in a conversation `turn k`", "")
+    turn: int | None = key("in a conversation: the turn it answered, 1-based (absent outside conversations)", None)
     repeat: int = key("which repeat of that prompt, 0-based (runs of two sides pair by prompt and repeat)", 0)
     seed: int | None = key("the sampler seed it used (the profile's seed + repeat)", None)
-    prompt_n: int | None = key("prompt tokens, the server's count", None)
+    prompt_n: int | None = key("prompt tokens the server processed, its count (without those reused from its cache)",
+                               None)
+    cache_n: int | None = key("prompt tokens reused from the server's prompt cache (its `timings.cache_n`; "
+                              "conversations send `cache_prompt: true`, as agents' servers do)", None)
+    context_n: int | None = key("the request's prompt tokens in all, `prompt_n + cache_n`: the context the turn "
+                                "was answered in", None)
     prompt_per_second: float | None = key("prompt processing tokens/s, the server's own timing (pp)", None)
     predicted_n: int | None = key("tokens generated, the server's count (its last count for a run cut short)", None)
     predicted_per_second: float | None = key("generation tokens/s, the server's own timing (tg); absent for a run "
@@ -99,8 +105,30 @@ class Run:
 class ReplyLoop:
     """Consecutive runs whose replies are near-identical although their prompts differ."""
 
-    first_run: int = key("index of the first of those runs")
+    first_run: int = key("index of the first of those runs (in a conversation, its `turn` says which turn)")
     runs: int = key("how many runs in a row")
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    """What kind of conversation the session ran."""
+
+    mode: Literal["free", "forced", "mirror"] = key(
+        "`free` (each side kept its own history), `forced` (every side answered each turn in the same context) "
+        "or `mirror` (the requests of a real agent, `kvtui mirror`)")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One turn of a conversation: what it asked every side."""
+
+    turn: int = key("the turn, 1-based")
+    t: float | None = key("when it began, seconds since the session started", None)
+    keep: int | None = key("`forced` and `mirror`: how many leading messages equal the previous turn's request "
+                           "(the request is those, then `messages`); absent in a `free` conversation, where "
+                           "`messages` is what the turn adds to each side's own history", None)
+    messages: str = key("the turn's new messages, as JSON text (OpenAI chat messages, tool calls untouched)", "[]")
+    params: str = key("the request's other fields as JSON text (tools, tool_choice, max_tokens, ...)", "{}")
 
 
 @dataclass(slots=True)
@@ -257,6 +285,9 @@ class SessionRecord:
     server: Server = key("the llama-server", factory=Server)
     model: Model = key("the model", factory=Model)
     profile: dict[str, Any] = key("the profile as run, with the model path resolved (see Profiles)", factory=dict)
+    conversation: ConversationInfo | None = key("a conversation's kind (absent for prompts)", None)
+    turns: list[TurnRecord] = key("a conversation's turns, in order; each side's runs answer them (`runs.turn`)",
+                                  factory=list)
     sides: list[Side] = key("one table per side", factory=list)
     fairness: list[Fairness] = key("pairs that are not comparable: per other side, what differs from side 0 "
                                    "besides the cache (checked before any verdict)", factory=list)

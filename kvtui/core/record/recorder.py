@@ -8,6 +8,7 @@ runs still streaming (saved as aborted), so a kill loses at most a few seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -23,6 +24,7 @@ from kvtui.core.events import (
     Event,
     LoopDetected,
     MemorySampled,
+    ReplyLoopDetected,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -32,17 +34,20 @@ from kvtui.core.events import (
     SessionStarted,
     SideFinished,
     TokenReceived,
+    TurnStarted,
     WarmupDone,
 )
 from kvtui.core.record.accumulator import RunAccumulator
 from kvtui.core.record.model import (  # noqa: F401 - read_record, write_record and SCHEMA are used through this module too
     SCHEMA,
+    ConversationInfo,
     Host,
     Model,
     ReplyLoop,
     Server,
     SessionRecord,
     Side,
+    TurnRecord,
     read_record,
     write_record,
 )
@@ -118,6 +123,19 @@ class SessionRecorder:
                 rec.sides = [Side(s.name, s.cache_type_k, s.cache_type_v, argv=s.argv,
                                   kv_estimate_mib=s.kv_estimate_mib, placement=s.placement or None,
                                   cache_types="declared" if s.attached else "set") for s in event.sides]
+                rec.conversation = ConversationInfo(event.conversation) if event.conversation else None  # type: ignore[arg-type]
+                rec.turns = []
+            case TurnStarted():
+                if not rec.turns or rec.turns[-1].turn < event.turn:  # sequential mode: every side goes through them
+                    rec.turns.append(TurnRecord(
+                        event.turn, round(event.t, 3), event.keep,
+                        json.dumps(list(event.messages), ensure_ascii=False),
+                        json.dumps(event.params or {}, ensure_ascii=False)))
+            case ReplyLoopDetected():
+                s = self.side(event.side)
+                first = next((k for k, r in enumerate(s.runs) if r.turn == event.first_turn), None)
+                if first is not None:
+                    s.reply_loop = ReplyLoop(first, event.turns)
             case ServerStarting():
                 s = self.side(event.side)
                 s.status, s.t_start, s.port, s.argv, s.log = (
@@ -139,7 +157,7 @@ class SessionRecorder:
             case RequestSent():
                 self.side(event.side).status = SideStatus.GENERATING
                 self._open[event.side] = RunAccumulator(event.run, event.t, event.prompt_name, event.repeat,
-                                                        event.seed, event.schedule)
+                                                        event.seed, event.schedule, event.turn)
             case TokenReceived():
                 acc = self._open.get(event.side)
                 if acc is not None and acc.run == event.run:

@@ -9,17 +9,20 @@ change speed, restart and jump to the end.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from kvtui.core.conversation import content_text
 from kvtui.core.events import (
     ErrorRaised,
     Event,
     LoopDetected,
     MemorySampled,
     PatternDetected,
+    ReplyLoopDetected,
     RequestSent,
     RunFinished,
     ServerExited,
@@ -30,18 +33,18 @@ from kvtui.core.events import (
     SideFinished,
     SideInfo,
     TokenReceived,
+    TurnStarted,
     WarmupDone,
 )
-from kvtui.core.quality.loops import LoopDetector, piece_key
+from kvtui.core.quality.loops import LoopDetector, ReplyLoopWatch, piece_key
 from kvtui.core.quality.templates import TemplateDetector
 from kvtui.core.record.model import Run, SessionRecord
 from kvtui.core.record.recorder import SessionRecorder
 from kvtui.core.vocab import SessionStatus
 
-_ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, RequestSent: 4, MemorySampled: 5,
-          TokenReceived: 6, LoopDetected: 7, PatternDetected: 7, RunFinished: 8, ErrorRaised: 9, ServerExited: 10,
-          SideFinished: 11,
-          SessionFinished: 12}
+_ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, TurnStarted: 3.5, RequestSent: 4,
+          MemorySampled: 5, TokenReceived: 6, LoopDetected: 7, PatternDetected: 7, ReplyLoopDetected: 7.5,
+          RunFinished: 8, ErrorRaised: 9, ServerExited: 10, SideFinished: 11, SessionFinished: 12}
 
 
 def _run_events(i: int, run: Run) -> list[Event]:
@@ -54,7 +57,7 @@ def _run_events(i: int, run: Run) -> list[Event]:
         t_sent = (t_end or 0.0) - (run.t_ms[-1] / 1000 if run.t_ms else 0.0)
     if t_end is None:  # a run cut short by kvtui's end: it ended with its last piece
         t_end = t_sent + (run.t_ms[-1] / 1000 if run.t_ms else 0.0)
-    out: list[Event] = [RequestSent(t_sent, i, run.run, run.prompt, run.repeat, run.seed, run.schedule)]
+    out: list[Event] = [RequestSent(t_sent, i, run.run, run.prompt, run.repeat, run.seed, run.schedule, run.turn)]
     detector, patterns = LoopDetector(), TemplateDetector()
     last_repeats = last_pattern = None
     for k, text in enumerate(run.pieces):
@@ -94,7 +97,9 @@ def record_events(record: SessionRecord) -> list[Event]:
         model_path=model.path or "", model_name=model.name or "?", model_size_mib=model.size_mib or 0.0,
         model_arch=model.arch or "?", server_bin=server.bin or "", server_version=server.version or "?",
         created=record.created, replay=True, warnings=record.warnings,
+        conversation=record.conversation.mode if record.conversation is not None else "",
     )]
+    events += _turn_events(record)
     end = record.duration_s or 0.0
     for i, s in enumerate(sides):
         if s.t_start is not None:
@@ -107,8 +112,14 @@ def record_events(record: SessionRecord) -> list[Event]:
         for t, mib in zip(s.memory_t, s.memory_mib, strict=False):
             events.append(MemorySampled(t, i, s.memory_source or "rss", mib, s.gpu_total_mib, None, s.gpu_name))
         last = 0.0
+        watch = ReplyLoopWatch()
         for run in s.runs:
             evs = _run_events(i, run)
+            if record.conversation is not None:  # found again as live: after each reply, before its RunFinished
+                found = watch.feed(run.text)
+                if found is not None:
+                    first = s.runs[found[0]].turn or 0
+                    evs.insert(-1, ReplyLoopDetected(evs[-1].t, i, first, found[1]))
             events += evs
             last = max(last, evs[-1].t)
         t_fin = max(last, end - 0.001) if end else last
@@ -122,6 +133,23 @@ def record_events(record: SessionRecord) -> list[Event]:
     events.append(SessionFinished(end, status))
     events.sort(key=lambda e: (e.t, _ORDER.get(type(e), 99)))
     return events
+
+
+def _turn_events(record: SessionRecord) -> list[Event]:
+    """A conversation's ``TurnStarted`` events, from its ``[[turns]]``."""
+    out: list[Event] = []
+    full: list[dict[str, Any]] = []
+    for tr in record.turns:
+        try:
+            new, params = json.loads(tr.messages), json.loads(tr.params)
+        except ValueError:
+            new, params = [], {}
+        new = [m for m in new if isinstance(m, dict)] if isinstance(new, list) else []
+        full = [*full[:tr.keep], *new] if tr.keep is not None else new
+        user = next((content_text(m) for m in reversed(full) if m.get("role") == "user"), "")
+        out.append(TurnStarted(tr.t or 0.0, tr.turn, user, len(new), tr.keep, tuple(new),
+                               params if isinstance(params, dict) and params else None))
+    return out
 
 
 class Replayer:

@@ -15,6 +15,7 @@ from kvtui.core.record.recorder import SessionRecorder, default_record_path
 from kvtui.core.run.plan import Plan
 from kvtui.core.run.prepare import Prepared
 from kvtui.core.run.runner import Runner
+from kvtui.core.run.turns import TurnSource
 
 
 class LiveSession:
@@ -22,10 +23,13 @@ class LiveSession:
 
     Args:
         prepared: from :func:`kvtui.core.run.prepare.prepare`.
+        source: a conversation's turns (``kvtui mirror``'s agent); by default the profile's conversation, if it
+            has one.
     """
 
-    def __init__(self, prepared: Prepared) -> None:
+    def __init__(self, prepared: Prepared, source: TurnSource | None = None) -> None:
         self.prepared = prepared
+        self.source = source
         self.sinks: list[Callable[[Event], None]] = []
         self.runner: Runner | None = None
         self.status: str | None = None
@@ -54,7 +58,7 @@ class LiveSession:
     async def run(self) -> str:
         """Run every side; returns "done", "failed" or "aborted"."""
         p = self.prepared
-        self.runner = Runner(p.plan, self.emit, log_dir=p.log_dir, probe=p.probe)
+        self.runner = Runner(p.plan, self.emit, log_dir=p.log_dir, probe=p.probe, source=self.source)
         self.status = await self.runner.run()
         return self.status
 

@@ -7,7 +7,7 @@ does what happens while it streams, and emits the events it finds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ class RequestContext:
     on_loop: Callable[[], None]  # a loop was found (the runner marks the side looping)
     stall_timeout_s: float
     stop_on_loop: bool
+    raw: Callable[[bytes], Awaitable[None]] | None = None  # gets the response's bytes as they come (the mirror)
 
 
 async def stream_request(http: httpx.AsyncClient, srv: Server, path: str, body: dict[str, Any],
@@ -67,7 +68,7 @@ async def stream_request(http: httpx.AsyncClient, srv: Server, path: str, body: 
     try:
         async for piece in client.stream(http, srv.base_url, path, body, api_key=srv.api_key,
                                          stall_timeout_s=ctx.stall_timeout_s, clock=ctx.now, result=result,
-                                         on_progress=on_progress):
+                                         on_progress=on_progress, on_raw=ctx.raw):
             ticker.cancel()  # the prompt is done once a token comes
             if ctx.aborted():  # belt and braces: an abort stops the stream at the next piece at the latest
                 raise asyncio.CancelledError
@@ -93,3 +94,14 @@ async def stream_request(http: httpx.AsyncClient, srv: Server, path: str, body: 
     finally:
         ticker.cancel()
 
+
+
+async def post_request(http: httpx.AsyncClient, srv: Server, path: str, body: dict[str, Any],
+                       acc: RunAccumulator, result: client.StreamResult, ctx: RequestContext) -> None:
+    """An unstreamed request (``"stream": false``): the whole reply arrives as one piece."""
+    piece, got = await client.post(http, srv.base_url, path, body, api_key=srv.api_key,
+                                   timeout_s=ctx.stall_timeout_s, clock=ctx.now, on_raw=ctx.raw)
+    result.stop, result.timings, result.truncated, result.error = got.stop, got.timings, got.truncated, got.error
+    if piece is not None:
+        acc.add(piece.t, piece.n, piece.text, None)
+        ctx.emit(TokenReceived(piece.t, ctx.side, ctx.run, piece.n, piece.text, None))

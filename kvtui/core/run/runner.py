@@ -1,9 +1,12 @@
 """The runner: turns a plan into running servers, measured requests and one event stream.
 
 Every consumer gets the same events through ``sink``. The runner owns the
-servers: it starts them, warms them up, measures, samples their memory, and
-stops them whatever happens (``aclose``). A side that fails does not stop the
-others; data already gathered is always emitted.
+servers (``kvtui.core.run.servers``): it starts them, warms them up, measures,
+samples their memory, and stops them whatever happens (``aclose``). A side
+that fails does not stop the others; data already gathered is always emitted.
+It measures a profile's prompts, or, given a ``TurnSource`` (a profile's
+conversation, ``kvtui mirror``'s agent), a conversation turn by turn
+(``kvtui.core.run.converse``).
 """
 
 from __future__ import annotations
@@ -11,49 +14,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
-from kvtui.core.errors import KvtuiError, ServerError
+from kvtui.core.errors import KvtuiError
 from kvtui.core.events import (
-    ErrorRaised,
     Event,
     RequestSent,
     RunFinished,
-    ServerExited,
-    ServerReady,
-    ServerStarting,
     SessionFinished,
     SessionStarted,
     SideFinished,
     SideInfo,
     SideWaiting,
-    WarmupDone,
 )
-from kvtui.core.logs.failure import tail
 from kvtui.core.profiles import Prompt
 from kvtui.core.quality.checks import check_text
 from kvtui.core.record.accumulator import RunAccumulator
+from kvtui.core.record.model import Run
+from kvtui.core.run.converse import converse
 from kvtui.core.run.plan import Plan
-from kvtui.core.run.request import RequestContext, stream_request
+from kvtui.core.run.request import RequestContext, post_request, stream_request
 from kvtui.core.run.sampling import sample_memory
+from kvtui.core.run.servers import ServerControl
+from kvtui.core.run.turns import ProfileTurns, TurnSource
 from kvtui.core.server import client
-from kvtui.core.server.attached import AttachedServer
 from kvtui.core.server.base import Server
-from kvtui.core.server.process import LlamaServer
 from kvtui.core.vocab import Schedule
 
 Sink = Callable[[Event], None]
-WARMUP_TOKENS = 8
-WARMUP_CHARS = 8000  # the warm-up sends at most this much of the prompt (a couple of thousand tokens)
 
 
-class Runner:
+class Runner(ServerControl):
     """Runs a plan and emits its events.
 
     Args:
@@ -62,10 +57,12 @@ class Runner:
         log_dir: where the servers' logs go.
         probe: a memory probe with ``sample(pids)`` (``kvtui.core.run.memory``), or None.
         clock: monotonic seconds; injectable for tests.
+        source: a conversation's turns; by default the profile's conversation, if it has one (else its
+            prompts are measured).
     """
 
     def __init__(self, plan: Plan, sink: Sink, *, log_dir: Path, probe: object | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, source: TurnSource | None = None) -> None:
         self.plan = plan
         self.sink = sink
         self.log_dir = log_dir
@@ -79,6 +76,8 @@ class Runner:
         self._http: httpx.AsyncClient | None = None
         self._next_run: dict[int, int] = {}
         self._starts: dict[int, int] = {}
+        conversation = plan.profile.conversation
+        self.source = source if source is not None or conversation is None else ProfileTurns(conversation)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -114,7 +113,7 @@ class Runner:
                 sides=tuple(SideInfo(s.name, s.cache_type_k, s.cache_type_v, s.args, s.kv_estimate_mib,
                                      s.placement, s.attached)
                             for s in p.sides),
-                warnings=p.warnings,
+                warnings=p.warnings, conversation=getattr(self.source, "mode", ""),
             ))
         for i in sides:
             self._aborted.discard(i)
@@ -128,11 +127,11 @@ class Runner:
                         self.emit(SideWaiting(self.now(), i, "sequential: " + p.mode_reason))
                     for i in sides:
                         if await self._bring_up([i]):
-                            await self._measure_side(i)
+                            await (self._measure_side(i) if self.source is None else converse(self, [i]))
                         await self._stop(i)
                 else:
                     up = await self._bring_up(sides)
-                    await self._measure_all(up)
+                    await (self._measure_all(up) if self.source is None else converse(self, up))
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,119 +151,10 @@ class Runner:
         for srv in self.servers.values():
             srv.kill_now()
 
-    # -- servers --------------------------------------------------------------------------------
-
-    async def _bring_up(self, sides: list[int]) -> list[int]:
-        """Start these sides' servers and warm them up; returns the ones that came up."""
-        results = await asyncio.gather(*(self._start(i) for i in sides))
-        up = [i for i, ok in zip(sides, results, strict=True) if ok]
-        if self.plan.profile.run.warmup:
-            # one at a time, so that warm-up of one does not slow the other's
-            for i in list(up):
-                if i in self._aborted or not await self._warmup(i):
-                    up.remove(i)
-        return up
-
-    async def _start(self, i: int) -> bool:
-        side = self.plan.sides[i]
-        starts = self._starts[i] = self._starts.get(i, 0) + 1  # a rerun's server keeps the earlier logs
-        suffix = "" if starts == 1 else f".{starts}"
-        srv: Server
-        if side.attached:
-            srv = AttachedServer(side.url, side.api_key)
-            self.servers[i] = srv
-            self._set(i, "starting")
-            self.emit(ServerStarting(self.now(), i, urlsplit(side.url).port or 0, (), "", attached=side.url))
-        else:
-            srv = LlamaServer(self.plan.binary, list(side.args),
-                              self.log_dir / f"side{i}-{_slug(side.name)}{suffix}.log", env=side.env)
-            self.servers[i] = srv
-            self._set(i, "starting")
-            self.emit(ServerStarting(self.now(), i, srv.port, tuple(srv.argv), str(srv.log_path),
-                                     env=side.env))
-        try:
-            await srv.start()
-            self._set(i, "loading")
-            assert self._http is not None
-            ready = await srv.wait_ready(self._http)
-        except ServerError as exc:
-            self._fail(i, exc, "crashed" if srv.started else "error")
-            return False
-        model = None
-        if isinstance(srv, AttachedServer) and srv.props is not None:
-            model = srv.props.model_path
-        self.emit(ServerReady(self.now(), i, ready.pid, round(ready.load_s, 3), ready.n_ctx, ready.build,
-                              ready.facts.kv_cache_mib, ready.facts.flash_attn, ready.facts.warnings,
-                              ready.ran_with, attached=isinstance(srv, AttachedServer), model_path=model))
-        return True
-
-    async def _warmup(self, i: int) -> bool:
-        self._set(i, "warming")
-        srv = self.servers[i]
-        prompt = self.plan.profile.prompt
-        if len(prompt.text) > WARMUP_CHARS:  # a long-context prompt: warming up on all of it would double the wait
-            prompt = replace(prompt, text=prompt.text[:WARMUP_CHARS])
-        path, body = client.build_request(prompt, self.plan.profile.sampling,
-                                          n_predict=WARMUP_TOKENS, cache_prompt=False)
-        t = self.clock()
-        try:
-            assert self._http is not None
-            async for _ in client.stream(self._http, srv.base_url, path, body, api_key=srv.api_key,
-                                         stall_timeout_s=self.plan.profile.run.stall_timeout_s):
-                pass
-        except (KvtuiError, httpx.HTTPError) as exc:
-            stalled = isinstance(exc, client.StreamStalled)
-            if not stalled:
-                await self._settle(i)
-            self._fail(i, self._explain(i, exc), "crashed" if self._dead(i) else "error")
-            if stalled:
-                await self._stop(i)  # a hung server is stopped now, not at the end of the session
-            return False
-        self.emit(WarmupDone(self.now(), i, round((self.clock() - t) * 1000, 1)))
-        return True
-
-    async def _stop(self, i: int) -> None:
-        srv = self.servers.get(i)
-        if srv is None or not srv.started:
-            return
-        was_running = srv.alive
-        rc = await srv.stop()
-        if was_running and not isinstance(srv, AttachedServer):  # an attached server is left running
-            self.emit(ServerExited(self.now(), i, rc, expected=True))
-
-    async def _settle(self, i: int, timeout_s: float = 2.0) -> None:
-        """After a failed request, give a dying server a moment to exit, so the cause comes from its log."""
-        srv = self.servers.get(i)
-        if srv is not None and srv.alive:
-            await srv.wait_exit(timeout_s)
-
-    def _dead(self, i: int) -> bool:
-        srv = self.servers.get(i)
-        return srv is not None and srv.exited
-
-    def _explain(self, i: int, exc: Exception) -> KvtuiError:
-        """A crash mid-request shows as an HTTP error; the log says why."""
-        if self._dead(i):
-            return self.servers[i].failure()
-        if isinstance(exc, KvtuiError):
-            return exc
-        log = self.servers[i].log_path
-        where = f"read {log}" if log is not None else f"check the server at {self.servers[i].base_url}"
-        return KvtuiError(f"request failed: {exc.__class__.__name__}: {exc}".rstrip(": "),
-                          f"rerun the side (r in the app); if it fails again, {where}", exit_code=1)
-
-    def _fail(self, i: int, exc: KvtuiError, status: str) -> None:
-        self._set(i, status)
-        self.emit(ErrorRaised(self.now(), i, exc.message, exc.hint))
-        srv = self.servers.get(i)
-        if srv is not None and srv.exited and srv.claim_exit_report():
-            log_tail = getattr(exc, "log_tail", ()) or tail(srv.log_text())
-            self.emit(ServerExited(self.now(), i, srv.exit_code, expected=False, log_tail=log_tail))
-        self.emit(SideFinished(self.now(), i, status))  # type: ignore[arg-type]
-
     # -- measuring ------------------------------------------------------------------------------
 
-    def _run_index(self, i: int) -> int:
+    def run_index(self, i: int) -> int:
+        """The next run number of side ``i``."""
         n = self._next_run.get(i, 0)
         self._next_run[i] = n + 1
         return n
@@ -283,40 +173,57 @@ class Runner:
             if self.plan.schedule == "alternate":
                 order = live if k % 2 == 0 else list(reversed(live))  # alternate who goes first
                 for i in order:
-                    await self._measure(i, self._run_index(i), prompt, repeat, schedule)
+                    await self._measure(i, self.run_index(i), prompt, repeat, schedule)
             else:
-                await asyncio.gather(*(self._measure(i, self._run_index(i), prompt, repeat, schedule) for i in live))
+                await asyncio.gather(*(self._measure(i, self.run_index(i), prompt, repeat, schedule) for i in live))
         for i in up:
             if self.status[i] not in ("crashed", "error", "aborted"):
-                self._finish_side(i)
+                self.finish_side(i)
 
     async def _measure_side(self, i: int) -> None:
         for prompt, repeat in self._jobs():
             if self.status[i] in ("crashed", "error", "aborted"):
                 return
-            await self._measure(i, self._run_index(i), prompt, repeat, Schedule.SOLO)
+            await self._measure(i, self.run_index(i), prompt, repeat, Schedule.SOLO)
         if self.status[i] not in ("crashed", "error", "aborted"):
-            self._finish_side(i)
+            self.finish_side(i)
 
-    def _finish_side(self, i: int) -> None:
+    def finish_side(self, i: int) -> None:
+        """Side ``i`` has done all it had to: status done."""
         self._set(i, "done")
         self.emit(SideFinished(self.now(), i, "done"))
 
     async def _measure(self, i: int, run: int, prompt: Prompt, repeat: int, schedule: Schedule) -> None:
+        seed = self.plan.profile.sampling.seed + repeat
+        path, body = client.build_request(prompt, self.plan.profile.sampling, cache_prompt=False, seed=seed)
+        sent = RequestSent(self.now(), i, run, prompt.name, repeat, seed, schedule)
+        await self.request(i, sent, path, body, expected=prompt.expected, regex=prompt.expected_regex)
+
+    async def request(self, i: int, sent: RequestSent, path: str, body: dict, *, expected: str = "",
+                      regex: str = "", raw: Callable[[bytes], Awaitable[None]] | None = None,
+                      adjust: Callable[[Run], Run] | None = None) -> Run | None:
+        """Send one measured request on side ``i`` and emit its events; returns the run (None: not sent).
+
+        Args:
+            sent: the ``RequestSent`` to emit (it names the run, its prompt or turn, its schedule).
+            path, body: the endpoint and JSON body; ``"stream": false`` sends it unstreamed.
+            expected, regex: the task check's expected answer.
+            raw: gets the response's bytes as they arrive (``kvtui mirror``).
+            adjust: may change the finished run before ``RunFinished`` is emitted (a conversation's loop of
+                replies sets its stop).
+        """
         if i in self._aborted:
             self._aborted_side(i)
-            return
+            return None
         srv = self.servers[i]
         prof = self.plan.profile
-        seed = prof.sampling.seed + repeat
-        path, body = client.build_request(prompt, prof.sampling, cache_prompt=False, seed=seed)
-        sent = RequestSent(self.now(), i, run, prompt.name, repeat, seed, schedule)
-        acc = RunAccumulator(run, sent.t, prompt.name, repeat, seed, schedule)
+        acc = RunAccumulator(sent.run, sent.t, sent.prompt_name, sent.repeat, sent.seed, sent.schedule, sent.turn)
         result = client.StreamResult()
         self._set(i, "generating")
         self.emit(sent)
-        task = asyncio.create_task(self._consume(i, run, srv, path, body, acc, result))
+        task = asyncio.create_task(self._consume(i, sent.run, srv, path, body, acc, result, raw))
         self._requests[i] = task
+        check = (expected, regex)
         try:
             await asyncio.wait({task})
         except asyncio.CancelledError:  # the session is cancelled (signal, quit): keep what came as an aborted run
@@ -327,7 +234,7 @@ class Runner:
             self._requests.pop(i, None)
             self._aborted.add(i)
             result.stop = "aborted"
-            self._emit_run(i, acc, result, prompt)
+            self._emit_run(i, acc, result, check, adjust)
             self._aborted_side(i)
             raise
         self._requests.pop(i, None)
@@ -344,13 +251,14 @@ class Runner:
                 f"internal error: {exc!r}", "please report this", exit_code=1)
             result.stop = "error"
             result.error = error.message
-        self._emit_run(i, acc, result, prompt)
+        done = self._emit_run(i, acc, result, check, adjust)
         if error is not None:
             self._fail(i, error, "crashed" if self._dead(i) else "error")
             if stalled:
                 await self._stop(i)  # a hung server is stopped now (SIGTERM + SIGCONT, then SIGKILL)
         elif result.stop == "aborted":
             self._aborted_side(i)
+        return done
 
     def _aborted_side(self, i: int) -> None:
         if self.status[i] != "aborted":
@@ -358,19 +266,25 @@ class Runner:
             self.emit(SideFinished(self.now(), i, "aborted"))
 
     async def _consume(self, i: int, run: int, srv: Server, path: str, body: dict, acc: RunAccumulator,
-                       result: client.StreamResult) -> None:
+                       result: client.StreamResult, raw: Callable[[bytes], Awaitable[None]] | None) -> None:
         assert self._http is not None
         ctx = RequestContext(i, run, self.emit, self.now, aborted=lambda: i in self._aborted,
                              on_loop=lambda: self._set(i, "looping"),
                              stall_timeout_s=self.plan.profile.run.stall_timeout_s,
-                             stop_on_loop=self.plan.profile.run.stop_on_loop)
-        await stream_request(self._http, srv, path, body, acc, result, ctx)
+                             stop_on_loop=self.plan.profile.run.stop_on_loop, raw=raw)
+        send = stream_request if body.get("stream", True) else post_request
+        await send(self._http, srv, path, body, acc, result, ctx)
 
-    def _emit_run(self, i: int, acc: RunAccumulator, result: client.StreamResult, prompt: Prompt) -> None:
-        check = check_text(acc.text, expected=prompt.expected or None, regex=prompt.expected_regex or None)
+    def _emit_run(self, i: int, acc: RunAccumulator, result: client.StreamResult, check: tuple[str, str],
+                  adjust: Callable[[Run], Run] | None) -> Run:
+        expected, regex = check
         t = self.now()
-        self.emit(RunFinished(t, i, acc.finish(t, result.stop, timings=result.timings, error=result.error,
-                                               check=check)))
+        run = acc.finish(t, result.stop, timings=result.timings, error=result.error,
+                         check=check_text(acc.text, expected=expected or None, regex=regex or None))
+        if adjust is not None:
+            run = adjust(run)
+        self.emit(RunFinished(t, i, run))
+        return run
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -379,9 +293,6 @@ class Runner:
             await sample_memory(self.probe, lambda: {i: s.pid for i, s in self.servers.items()
                                                      if s.pid is not None and s.alive}, self.emit, self.now)
 
-    def _set(self, i: int, status: str) -> None:
-        self.status[i] = status
-
     def _final_status(self) -> str:
         values = list(self.status.values())
         if any(v in ("crashed", "error") for v in values):
@@ -389,8 +300,3 @@ class Runner:
         if any(v == "aborted" for v in values):
             return "aborted"
         return "done"
-
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,11 +236,13 @@ async def stream(
     clock: Clock = time.monotonic,
     result: StreamResult | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    on_raw: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Piece]:
     """POST a streaming request and yield pieces as they arrive.
 
     The caller's ``result`` is filled in as the stream ends; ``on_progress``
-    gets each prompt-progress report. Leaving the loop
+    gets each prompt-progress report; ``on_raw`` gets the response's bytes as
+    they arrive, untouched (``kvtui mirror`` passes them on). Leaving the loop
     early (``break``, cancellation) closes the connection, which makes the
     server stop generating.
 
@@ -258,7 +260,7 @@ async def stream(
         if resp.status_code != 200:
             raise http_error(resp.status_code, path, await resp.aread())
         decoder = SSEDecoder()
-        lines = resp.aiter_lines()
+        lines = resp.aiter_lines() if on_raw is None else _raw_lines(resp, on_raw)
         while True:
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
@@ -290,6 +292,56 @@ async def stream(
                 yield piece
     if not parser.finished:
         raise SSEError("the stream ended before the server said it was done")
+
+
+async def _raw_lines(resp: httpx.Response, on_raw: Callable[[bytes], Awaitable[None]]) -> AsyncIterator[str]:
+    """The response's lines, each chunk of bytes handed to ``on_raw`` first, as it came."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    buf = ""
+    async for chunk in resp.aiter_bytes():
+        await on_raw(chunk)
+        buf += decoder.decode(chunk)
+        *lines, buf = buf.split("\n")
+        for line in lines:
+            yield line
+    buf += decoder.decode(b"", final=True)
+    if buf:
+        yield buf
+
+
+async def post(http: httpx.AsyncClient, base_url: str, path: str, body: dict[str, Any], *, api_key: str = "",
+               timeout_s: float = 120.0, clock: Clock = time.monotonic,
+               on_raw: Callable[[bytes], Awaitable[None]] | None = None) -> tuple[Piece | None, StreamResult]:
+    """POST an unstreamed chat request: its reply as one piece (None when empty) and how it ended.
+
+    Raises:
+        KvtuiError: an HTTP error status (with the server's message), or a body that is not a chat reply.
+    """
+    import json
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    resp = await http.post(base_url + path, json=body, headers=headers, timeout=httpx.Timeout(10.0, read=timeout_s))
+    raw = resp.content
+    if on_raw is not None:
+        await on_raw(raw)
+    if resp.status_code != 200:
+        raise http_error(resp.status_code, path, raw)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise SSEError(f"the server's reply is not JSON: {raw[:80]!r}") from None
+    result = StreamResult(stop="eos", timings=read_json(Timings, data.get("timings") if isinstance(data, dict)
+                                                        else None))
+    choice = read_json(ChatChoice, (data.get("choices") or [None])[0]) if isinstance(data, dict) else None
+    if choice is None:
+        raise SSEError("the server's reply has no choices")
+    result.stop = _FINISH.get(choice.finish_reason or "stop", "eos")
+    message = (data["choices"][0] or {}).get("message") or {}
+    text = message.get("content") if isinstance(message.get("content"), str) else ""
+    n = result.timings.predicted_n if result.timings is not None else None
+    return (Piece(clock(), n or 0, text, None) if text else None), result
 
 
 def _one_line(text: str, limit: int = 200) -> str:

