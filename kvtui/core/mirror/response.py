@@ -99,6 +99,10 @@ class PrimaryResponse:
                                         self.keep_alive))
         self.done.set()
 
+    # the engine's raw sink (TurnRequest.primary_raw): called with the bytes, told the status and type first
+    __call__ = raw
+    head = start
+
     def _connection(self) -> list[tuple[str, str]]:
         return [("Connection", "keep-alive" if self.keep_alive else "close")]
 

@@ -48,7 +48,7 @@ class MirrorSource:
         if agent.endpoint != "chat":
             params["endpoint"] = agent.path  # llama-server's /completion: no messages, the prompt in params
         turn = self.make_turn(turn=self.next_turn, messages=agent.messages, params=params, reply=reply,
-                              primary_raw=response.raw)
+                              primary_raw=response)
         self.next_turn += 1
         self._open.add(response)
         reply.add_done_callback(lambda f: asyncio.ensure_future(self._answered(f, response)))
@@ -64,6 +64,10 @@ class MirrorSource:
                 exc = reply.exception()
                 message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
                 await response.fail(502, error_body(f"the primary side failed: {message}", type_="server_error",
+                                                    code=502))
+            elif reply.result() is None and not response.started:
+                await response.fail(502, error_body("the primary side is not answering: it failed or was stopped "
+                                                    "earlier (the mirror's output says why)", type_="server_error",
                                                     code=502))
             elif not response.started and getattr(reply.result(), "error", None):
                 await response.fail(502, error_body(f"the primary side failed: {reply.result().error}",
