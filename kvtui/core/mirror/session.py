@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kvtui.core.mirror.guard import Guard
@@ -77,7 +78,7 @@ class MirrorSession(LiveSession):
             s = self.settings
             self.source = _ReadySource(self._ready)
             self.server = MirrorServer(self.source.submit, guard=Guard(s.api_key, s.allow_remote),
-                                       model_id=self.plan.model.name, host=s.host, port=s.port,
+                                       model_id=Path(self.plan.model.path).name, host=s.host, port=s.port,
                                        ready=lambda: self.ready)
             await self.server.start()
             if self.on_listening is not None:

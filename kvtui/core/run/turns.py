@@ -47,11 +47,12 @@ class TurnRequest:
     own_history: bool = False
 
     def user_text(self) -> str:
-        """The turn's last user message, as text."""
+        """The turn's last user message, as text (a ``/completion`` turn's prompt)."""
         for m in reversed(self.messages):
             if m.get("role") == "user":
                 return content_text(m)
-        return ""
+        prompt = self.params.get("prompt")  # a /completion request (kvtui mirror): its prompt
+        return prompt if isinstance(prompt, str) else ""
 
 
 class TurnSource(Protocol):
