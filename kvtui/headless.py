@@ -167,7 +167,7 @@ class HeadlessConsole:
             return
         for other in range(1, len(self.state.sides)) if side == 0 else [side]:
             mine = self._turn_runs.get((other, run.turn))
-            if mine is not None:
+            if mine is not None and mine.stop != "error" and base.stop != "error":
                 self.say(other, f"  turn {run.turn} {reply_divergence(self.state.sides[0].name, base, mine).line()}",
                          "dim")
 

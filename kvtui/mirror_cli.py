@@ -137,7 +137,8 @@ def _headless(session_cls: Any, prepared: Any, settings: Any) -> int:
         def on_signal() -> None:  # the first ends the mirror cleanly, a second at once
             presses.append(1)
             if len(presses) == 1:
-                console.console.print("mirror: ending (Ctrl-C again: at once)", highlight=False, markup=False)
+                console.console.print("mirror: ending once the turn now running is done (Ctrl-C again: at "
+                                      "once)", highlight=False, markup=False)
                 session.stop()
             else:
                 task.cancel()

@@ -2,9 +2,10 @@
 
 It is an ``EventSource`` like any live session, so the app and the headless console drive it unchanged.
 The HTTP server listens before any llama-server starts (a taken port fails at once) and answers
-``/health`` 503 until the sides are up; the first turn the engine asks for marks them up. Ending it
-(Ctrl-C, ``q``) closes the source: no new turns, requests not yet taken get 503, a turn still running is
-aborted (its runs recorded as such), then the servers stop and the record is saved.
+``/health`` 503 until the sides are up; the first turn the engine asks for marks them up. Ending it closes
+the source: no new turns, requests not yet taken get 503; headless, a turn still running first finishes on
+every side (a second Ctrl-C aborts it); the app's quit aborts it (its runs recorded as such). Then the
+servers stop and the record is saved.
 """
 
 from __future__ import annotations
@@ -102,25 +103,25 @@ class MirrorSession(LiveSession):
         """A live agent's turns cannot be asked again: the session goes on as it is."""
         return self.status or "done"
 
-    def stop(self) -> None:
-        """End the mirror: no new turns; a turn still running is aborted."""
+    def stop(self, abort_running: bool = False) -> None:
+        """End the mirror: no new turns; the turn running now finishes on every side, or is aborted."""
         if self.source is not None:
             self.source.close()
-        if self.runner is not None:
-            busy = [i for i, st in self.runner.status.items() if st in ("generating", "looping")]
-            for i in busy:
+        if abort_running and self.runner is not None:
+            running = getattr(self.runner, "_requests", {})  # side -> its request in flight
+            for i in [i for i, task in running.items() if not task.done()]:
                 self.runner.abort(i)
 
     def abort(self, side: int | None = None) -> None:
-        """One side: abort its generation (it leaves the conversation); all: end the mirror."""
+        """One side: abort its generation (it leaves the conversation); all: end the mirror at once."""
         if side is None:
-            self.stop()
+            self.stop(abort_running=True)
         else:
             super().abort(side)
 
     async def aclose(self) -> None:
         """Stop listening and stop every server (idempotent)."""
-        self.stop()
+        self.stop(abort_running=True)
         if self.source is not None:
             await self.source.refuse_pending()
         if self.server is not None:
