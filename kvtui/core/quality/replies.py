@@ -37,14 +37,18 @@ class ReplyDivergence:
         return f"vs {self.base}: parts at {self.unit} {self.first}, {self.alignment:.0%} aligned"
 
 
+def word_keys(a: str, b: str) -> tuple[list[int], list[int]]:
+    """Both texts as sequences of word keys (words and the whitespace between them), comparable key for key."""
+    words: dict[str, int] = {}
+    return ([words.setdefault(w, len(words)) for w in _WORDS.findall(a)],
+            [words.setdefault(w, len(words)) for w in _WORDS.findall(b)])
+
+
 def reply_divergence(base_name: str, base: Run, other: Run) -> ReplyDivergence:
     """Compare ``other``'s reply with ``base``'s (the same turn)."""
     if base.ids and other.ids and -1 not in base.ids and -1 not in other.ids:
         d = compare(base.ids, other.ids)
         return ReplyDivergence(base_name, "token", d.first, d.alignment)
-    words: dict[str, int] = {}
-    a = [words.setdefault(w, len(words)) for w in _WORDS.findall(base.text)]
-    b = [words.setdefault(w, len(words)) for w in _WORDS.findall(other.text)]
-    d = compare(a, b)
+    d = compare(*word_keys(base.text, other.text))
     first = None if d.first is None else sum(1 for w in _WORDS.findall(base.text)[: d.first] if not w.isspace())
     return ReplyDivergence(base_name, "word", first, d.alignment)
