@@ -6,7 +6,8 @@ the bundled llama-server really ran (tests/data/sessions/capture.py records them
 - finished.svg: the demo after both runs;
 - loop.svg:     the loop session, loops flagged and stopped;
 - crashed.svg:  the demo with one server killed mid-stream;
-- small.svg:    the demo mid-generation in 80x24, the smallest supported terminal.
+- small.svg:    the demo mid-generation in 80x24, the smallest supported terminal;
+- conversation.svg: the six-turn coding conversation on SmolLM2 in its sixth turn, the loop of replies flagged.
 
 Usage: python screenshots/make_screenshots.py
 """
@@ -27,6 +28,7 @@ from kvtui.ui.app import KvtuiApp  # noqa: E402
 
 SESSIONS = REPO / "tests" / "data" / "sessions"
 SIZE = (150, 42)
+CONVERSATION_AT = 90.0  # s: both sides a third into turn 6 of conversation.toml (it began at 82.7 s)
 
 
 def midpoint(record: SessionRecord) -> float:
@@ -51,11 +53,16 @@ async def shot(record_name: str, out: str, stop_at: float | None = None, size: t
 
 
 async def main() -> None:
+    if sys.argv[1:]:  # python screenshots/make_screenshots.py conversation.toml conversation.svg [W H]
+        size = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else SIZE
+        await shot(sys.argv[1], sys.argv[2], stop_at=float(sys.argv[5]) if len(sys.argv) > 5 else None, size=size)
+        return
     await shot("demo.toml", "running.svg", stop_at=-1)
     await shot("demo.toml", "finished.svg")
     await shot("loop.toml", "loop.svg")
     await shot("crash.toml", "crashed.svg")
     await shot("demo.toml", "small.svg", stop_at=-1, size=(80, 24))
+    await shot("conversation.toml", "conversation.svg", stop_at=CONVERSATION_AT)
 
 
 if __name__ == "__main__":

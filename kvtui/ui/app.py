@@ -236,10 +236,12 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
     def _refresh_header(self) -> None:
         if self.state.finished is not None and self._cpu_start is not None:
             self._cpu_text = self._cpu_average()
-        header = (self.state.started, self.state.finished, self._cpu_text)
+        k = self.state.turn
+        turn = (k, self.state.turn_users.get(k, "")) if k is not None else None
+        header = (self.state.started, self.state.finished, self._cpu_text, turn)
         if header != self._header_shown:
             self._header_shown = header
-            self._header.show(self.state.started, self.state.finished, self.replay_label, self._cpu_text)
+            self._header.show(self.state.started, self.state.finished, self.replay_label, self._cpu_text, turn)
 
     def _refresh_strip(self) -> None:
         record = self.session.recorder.record if self.session.recorder is not None else None

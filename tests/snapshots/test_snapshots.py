@@ -82,3 +82,16 @@ def test_running_120x40(snap_compare) -> None:
 
 def test_finished_200x50(snap_compare) -> None:
     assert snap_compare(frozen_app("demo.toml"), terminal_size=(200, 50), run_before=settle)
+
+
+# a conversation (tests/data/sessions/conversation.toml: SmolLM2, six turns, free) in its sixth turn: earlier
+# turns scrolled up with their figures, the turn in the header, q4_0's loop of replies flagged
+CONVERSATION_AT = 90.0
+
+
+def test_conversation(snap_compare) -> None:
+    assert snap_compare(frozen_app("conversation.toml", CONVERSATION_AT), terminal_size=SIZE, run_before=settle)
+
+
+def test_conversation_80x24(snap_compare) -> None:
+    assert snap_compare(frozen_app("conversation.toml", CONVERSATION_AT), terminal_size=(80, 24), run_before=settle)

@@ -96,13 +96,17 @@ class GenerationPane(Vertical):
             return False
         if s is not self._shown:  # a new session: start from an empty pane
             self._shown, s.reset_text, self._last, self._drawn = s, True, {}, None
-        if not s.pending and not s.reset_text and (s.loop is None or self._loop_marked == s.loop[:2]):
+        unmark = s.loop is None and self._loop_marked is not None  # a conversation's next turn: no loop yet
+        if not s.pending and not s.reset_text and not unmark and (s.loop is None or self._loop_marked == s.loop[:2]):
             return False
         view = self.view
         if s.reset_text:
             s.reset_text = False
             self._loop_marked = None
             view.clear()
+        elif unmark:
+            self._loop_marked = None
+            view.highlight_from(None)
         if s.pending:
             chunk = "".join(s.pending)
             s.pending.clear()
@@ -130,13 +134,17 @@ class GenerationPane(Vertical):
         if self._changed("title", title):
             self.border_title = title
         status = s.status
-        if s.loop is not None:
+        looping = s.loop is not None or s.reply_loop is not None
+        if s.reply_loop is not None:
+            first, count = s.reply_loop
+            status = f"REPLY LOOP turns {first}-{first + count - 1}"
+        elif s.loop is not None:
             status = f"LOOP {s.loop[0]}-token cycle ×{s.loop[2]}"
         elif s.pattern is not None and s.status in (SideStatus.GENERATING, SideStatus.WAITING, SideStatus.DONE):
             status = f"{s.status} · PATTERN ×{s.pattern[1]}"  # the quiet signal: muted, never red
         elif s.status in LOAD_PHASES and s.phase_t is not None and now is not None:
             status = f"{s.status} {max(0.0, now - s.phase_t):.0f} s"
-        style = STATUS_STYLE.get(SideStatus.LOOPING if s.loop else s.status, "")
+        style = STATUS_STYLE.get(SideStatus.LOOPING if looping else s.status, "")
         subtitle = f"[{style}] {status} [/]" if style else f" {status} "
         if self._changed("subtitle", subtitle):
             self.border_subtitle = subtitle
@@ -162,7 +170,7 @@ class GenerationPane(Vertical):
             self.alert.update(alert)
             self.set_class(bool(alert), "-alert")
         classes = {
-            "-streaming": s.status == SideStatus.GENERATING, "-looping": s.loop is not None,
+            "-streaming": s.status == SideStatus.GENERATING, "-looping": looping,
             "-crashed": s.status in FAILED, "-done": s.status == SideStatus.DONE,
             "-waiting": s.status == SideStatus.WAITING, "-aborted": s.status == SideStatus.ABORTED,
         }
@@ -198,7 +206,12 @@ class GenerationPane(Vertical):
         if s.stop:
             tail.append("stop ", style="dim")
             tail.append(s.stop, style="bold red" if s.stop in (StopReason.LOOP, StopReason.ERROR) else "bold")
-        if s.run:
+        if s.turn is not None:
+            if s.context_n is not None:
+                tail.append(f"{gap if tail else ''}context ", style="dim")
+                tail.append(f"{s.context_n:,}")
+            tail.append(f"{gap if tail else ''}turn {s.turn}", style="dim")
+        elif s.run:
             tail.append(f"{gap if tail else ''}run {s.run + 1}", style="dim")
         if tail:
             t.append("\n" if narrow else gap)
@@ -220,6 +233,14 @@ class GenerationPane(Vertical):
             t.append(f"waiting: {s.waiting_reason}", style="italic dim")
         if s.progress_line:
             t.append(s.progress_line, style="bold cyan")
+        if s.reply_loop is not None:
+            first, count = s.reply_loop
+            what = "" if self.narrow else "loop of replies: "
+            t.append(f"{what}the same reply in turns {first}-{first + count - 1}", style="bold red")
+            if s.stop == StopReason.LOOP:
+                t.append(" (stopped)", style="red")
+            if s.loop is not None:
+                t.append("\n")
         if s.loop is not None:
             t.append(f"repetition loop from token {s.loop[1]}: ", style="bold red")
             t.append(repr(s.loop_text[:60]) if s.loop_text else "", style="red")

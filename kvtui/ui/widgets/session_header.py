@@ -80,13 +80,14 @@ class SessionHeader(Static):
 
     def __init__(self, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._args: tuple = (None, None, "", None)
+        self._args: tuple = (None, None, "", None, None)
         self._width = 0
 
     def show(self, e: SessionStarted | None, finished: str | None, replay_label: str = "",
-             cpu: str | None = None) -> None:
-        """Redraw from the session's first event, its end, and kvtui's CPU use (text, or None to leave it out)."""
-        args = (e, finished, replay_label, cpu)
+             cpu: str | None = None, turn: tuple[int, str] | None = None) -> None:
+        """Redraw from the session's first event, its end, kvtui's CPU use (text, or None to leave it out) and a
+        conversation's latest turn (its number and user message)."""
+        args = (e, finished, replay_label, cpu, turn)
         if args != self._args or self.size.width != self._width:
             self._args = args
             self._draw()
@@ -97,7 +98,7 @@ class SessionHeader(Static):
 
     def _draw(self) -> None:
         self._width = width = self.size.width or self.app.size.width  # before its first layout: the terminal's
-        e, finished, replay_label, cpu = self._args
+        e, finished, replay_label, cpu, turn = self._args
         if e is None:
             self.update(Text("kvtui: preparing…", style="bold"), layout=False)
             return
@@ -118,6 +119,11 @@ class SessionHeader(Static):
         ]
         if contended:
             line2.append(Field("figures are contended", "yellow", drop=6))
+        if turn is not None:  # a conversation: which turn, and what the user said (shortened to fit)
+            line2.insert(0, Field(f"turn {turn[0]}", "bold reverse"))
+            line2.insert(1, Field(" ".join(turn[1].split()), "italic", drop=7, truncatable=True))
+        elif e.conversation:
+            line2.insert(0, Field(f"{e.conversation} conversation", "bold"))
         if finished:
             style = "bold green" if finished == SessionStatus.DONE else "bold red"
             line2.append(Field(finished, style, label="session"))

@@ -17,6 +17,8 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from kvtui.core.view import FIGURES_MARK, TURN_MARK
+
 _CONTROL = {c: " " for c in range(32)}  # a tab or a stray control character takes one cell
 JUMP = 0.4  # share of the view's height a following view scrolls by at once
 
@@ -78,11 +80,15 @@ class StreamText(ScrollView, can_focus=False):
         max_lines: logical lines kept (older ones are trimmed in steps; ``trimmed`` counts their characters).
     """
 
-    COMPONENT_CLASSES = {"stream-text--loop"}
+    COMPONENT_CLASSES = {"stream-text--loop", "stream-text--turn", "stream-text--figures"}
     DEFAULT_CSS = """
     StreamText { scrollbar-gutter: stable; scrollbar-size-vertical: 1; overflow-x: hidden; }
     StreamText > .stream-text--loop { background: $error 30%; }
+    StreamText > .stream-text--turn { color: $accent; text-style: bold; }
+    StreamText > .stream-text--figures { color: $foreground 55%; text-style: italic; }
     """
+    # a conversation's lines of its own (kvtui.core.view): the turn's header, and its figures under the reply
+    MARKS = ((TURN_MARK, 2), (FIGURES_MARK, 3))
 
     def __init__(self, max_lines: int = 400, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -96,7 +102,7 @@ class StreamText(ScrollView, can_focus=False):
         self._slack = 0  # blank rows below the text: room that a following view fills before it scrolls again
         self._cache: dict[int, Strip] = {}
         self._highlight: int | None = None
-        self._styles: tuple[Style, Style] | None = None  # (base, loop): looked up once per style change
+        self._styles: tuple[Style, ...] | None = None  # (base, loop, turn, figures): looked up once per style change
         self.following = True  # the view keeps the newest text in sight, until the reader scrolls away
         self._scrolling = False  # a scroll of ours, not the reader's
         self._rewrap(0)
@@ -249,12 +255,17 @@ class StreamText(ScrollView, can_focus=False):
     def _render_row(self, row: int, width: int) -> Strip:
         if self._styles is None:
             base = self.rich_style
-            self._styles = (base, base + self.get_component_rich_style("stream-text--loop", partial=True))
-        base, loop = self._styles
+            self._styles = (base, *(base + self.get_component_rich_style(f"stream-text--{name}", partial=True)
+                                    for name in ("loop", "turn", "figures")))
+        base, loop = self._styles[:2]
         if row >= len(self._rows):
             return Strip.blank(width, base)
         i, a, b = self._rows[row]
-        text = self._lines[i][a:b].translate(_CONTROL)
+        line = self._lines[i]
+        for mark, style in self.MARKS:
+            if line.startswith(mark):
+                base = self._styles[style]
+        text = line[a:b].translate(_CONTROL)
         segments = []
         mark = None if self._highlight is None else self._highlight - self.trimmed - self._starts[i] - a
         if mark is None or mark >= len(text):

@@ -3,9 +3,10 @@
 Runs the bundled llama-server and model for real:
 - demo.toml:  profiles/demo.toml, both sides to the end;
 - loop.toml:  tests/data/sessions/loop-profile.toml (the model loops; stop_on_loop stops each side);
-- crash.toml: profiles/demo.toml with side q4_0's server killed (SIGKILL) mid-stream.
+- crash.toml: profiles/demo.toml with side q4_0's server killed (SIGKILL) mid-stream;
+- conversation.toml: profiles/coding-conversation.toml (SmolLM2-135M-Instruct, six turns, free).
 
-Usage: python tests/data/sessions/capture.py   (takes about a minute on 2 cores)
+Usage: python tests/data/sessions/capture.py [NAME...]   (all of them: about two minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -40,10 +41,18 @@ async def capture(profile: Path, out: Path, kill_side: int | None = None, kill_a
     return status
 
 
+CAPTURES = {
+    "demo": dict(profile=REPO / "profiles" / "demo.toml"),
+    "loop": dict(profile=HERE / "loop-profile.toml"),
+    "crash": dict(profile=REPO / "profiles" / "demo.toml", kill_side=1),
+    "conversation": dict(profile=REPO / "profiles" / "coding-conversation.toml"),
+}
+
+
 def main() -> None:
-    asyncio.run(capture(REPO / "profiles" / "demo.toml", HERE / "demo.toml"))
-    asyncio.run(capture(HERE / "loop-profile.toml", HERE / "loop.toml"))
-    asyncio.run(capture(REPO / "profiles" / "demo.toml", HERE / "crash.toml", kill_side=1))
+    for name in sys.argv[1:] or list(CAPTURES):
+        spec = dict(CAPTURES[name])
+        asyncio.run(capture(spec.pop("profile"), HERE / f"{name}.toml", **spec))
     for p in HERE.glob("*.logs"):
         for f in p.iterdir():
             f.unlink()
