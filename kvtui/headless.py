@@ -27,9 +27,8 @@ from kvtui.core.events import (
     TurnStarted,
     WarmupDone,
 )
-from kvtui.core.quality.replies import reply_divergence
 from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, summarize, unfair_pair, verdicts
-from kvtui.core.record.model import Run, SessionRecord
+from kvtui.core.record.model import SessionRecord
 from kvtui.core.view import SessionState, one_line, turn_figures
 
 PROGRESS_PRINT_S = 5.0  # at most one progress line per side this often
@@ -51,7 +50,6 @@ class HeadlessConsole:
         self._live: Live | None = None
         self._last_refresh = 0.0
         self._last_progress: dict[tuple[int, int], float] = {}  # (side, run) -> time of its last progress line
-        self._turn_runs: dict[tuple[int, int], Run] = {}  # (side, turn) -> its reply, to set against the primary's
 
     def __call__(self, event: Event) -> None:
         self.handle(event)
@@ -132,7 +130,8 @@ class HeadlessConsole:
                 self.say(e.side, f"turn {r.turn}: {turn_figures(r)}")
                 if r.text:
                     self.say(e.side, f"  {escape(repr(one_line(r.text, 100)))}", "dim")
-                self._turn_divergence(e.side, r)
+                for k, d in self.state.new_divergences:  # once this reply and the primary's are both in
+                    self.say(k, f"  turn {r.turn} {d.line()}", "dim")
             case RunFinished():
                 r = e.result
                 if r.predicted_per_second is not None:
@@ -157,19 +156,6 @@ class HeadlessConsole:
                 self._stop_live()
                 return
         self._refresh()
-
-    def _turn_divergence(self, side: int, run: Run) -> None:
-        """Once a turn's reply and the primary's are both in: how each other side's differs from the primary's."""
-        assert run.turn is not None
-        self._turn_runs[(side, run.turn)] = run
-        base = self._turn_runs.get((0, run.turn))
-        if base is None:
-            return
-        for other in range(1, len(self.state.sides)) if side == 0 else [side]:
-            mine = self._turn_runs.get((other, run.turn))
-            if mine is not None and mine.stop != "error" and base.stop != "error":
-                self.say(other, f"  turn {run.turn} {reply_divergence(self.state.sides[0].name, base, mine).line()}",
-                         "dim")
 
     def _refresh(self) -> None:
         if self._live is None:
