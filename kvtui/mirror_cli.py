@@ -186,6 +186,7 @@ def _app(session_cls: Any, prepared: Any, settings: Any) -> int:
 
     def listening(url: str) -> None:
         if app is not None:
+            app.replay_label = f"mirror {url}/v1"  # the header's badge: where to point the agent, all along
             app.notify("\n".join(banner(url, settings, names[0], names[1:])), timeout=30)
 
     session = session_cls(prepared, settings, on_listening=listening)
