@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                          description="Start one llama-server per side of PROFILE and compare them.")
     run.add_argument("profile", nargs="?", help="profile TOML (default: the demo profile)")
     run.add_argument("--from", dest="from_record", metavar="RECORD",
-                     help="repeat the comparison of a session record (same profile, flags, prompt, seed)")
+                     help="repeat the comparison of a session record (same profile, flags, prompt, seed); a "
+                          "kvtui mirror record: the agent's requests, as a forced conversation")
     run.add_argument("--model", help="GGUF model path (overrides the profile)")
     run.add_argument("--server-bin", help="llama-server binary (overrides the profile and $KVTUI_LLAMA_SERVER)")
     run.add_argument("--mode", choices=("auto", "parallel", "sequential"),

@@ -1,8 +1,8 @@
 """``kvtui mirror`` driven by the official ``openai`` client, in front of real llama-servers (SmolLM2, q8_0 / q4_0).
 
 One mirror session (a subprocess, ended with SIGINT as a user's Ctrl-C) serves an agent's turns: unstreamed,
-streamed, a streamed raw request, tool calls, a request too long for the context (the server's 400 reaches the
-agent), a malformed one, a wrong key; then its record is checked turn by turn and run again with
+streamed, a streamed raw request, tool calls, a request too long for the context, unstreamed and streamed (the
+server's 400 reaches the agent), a malformed one, a wrong key; then its record is checked turn by turn and run again with
 ``kvtui run --from`` as a forced conversation. A second session loses its non-primary server mid-way.
 """
 
@@ -163,7 +163,10 @@ def session(tmp_path_factory, chat_model, server_binary) -> dict[str, Any]:
         with pytest.raises(openai.BadRequestError) as refused:  # turn 5: every side's server refuses it
             agent.chat.completions.create(model="any", messages=too_long)
         seen["refused"] = refused.value
-        seen["after"] = agent.chat.completions.create(model="any", messages=ask, max_tokens=8)  # turn 6
+        with pytest.raises(openai.BadRequestError) as refused_stream:  # the same, streamed: still a 400, no SSE
+            agent.chat.completions.create(model="any", messages=too_long, stream=True)
+        seen["refused_stream"] = refused_stream.value
+        seen["after"] = agent.chat.completions.create(model="any", messages=ask, max_tokens=8)  # turn 7
         with pytest.raises(openai.AuthenticationError) as wrong:
             openai.OpenAI(base_url=m.url + "/v1", api_key="wrong", max_retries=0).models.list()
         seen["wrong_key"] = wrong.value
@@ -223,6 +226,8 @@ def test_errors_keep_their_status_and_a_refused_turn_does_not_end_the_mirror(ses
     refused = session["refused"]
     assert refused.status_code == 400
     assert refused.body["type"] == "exceed_context_size_error"  # llama-server's own error body
+    assert session["refused_stream"].status_code == 400
+    assert session["refused_stream"].body["type"] == "exceed_context_size_error"
     assert session["after"].choices[0].message.content  # the sides took the next turn
     wrong = session["wrong_key"]
     assert wrong.status_code == 401 and wrong.body["code"] == "invalid_api_key"
@@ -234,14 +239,15 @@ def test_the_record_holds_every_turn_of_every_side(session) -> None:
     assert session["rc"] == 0, "\n".join(session["lines"])
     rec = read_record(session["record"])
     assert rec.status == "done" and rec.conversation is not None and rec.conversation.mode == "mirror"
-    assert [t.turn for t in rec.turns] == [1, 2, 3, 4, 5, 6]
+    assert [t.turn for t in rec.turns] == [1, 2, 3, 4, 5, 6, 7]
     assert rec.turns[1].keep == 1 and len(json.loads(rec.turns[1].messages)) == 2  # what turn 2 added
     for side in rec.sides:
         assert side.status == "done"
-        assert [r.turn for r in side.runs] == [1, 2, 3, 4, 5, 6]
-        assert [r.prompt for r in side.runs] == [f"turn {k}" for k in range(1, 7)]
-        assert side.runs[4].stop == "error" and "does not fit" in side.runs[4].error
-        assert all(r.context_n for k, r in enumerate(side.runs) if k != 4)
+        assert [r.turn for r in side.runs] == [1, 2, 3, 4, 5, 6, 7]
+        assert [r.prompt for r in side.runs] == [f"turn {k}" for k in range(1, 8)]
+        for refused in side.runs[4:6]:
+            assert refused.stop == "error" and "does not fit" in refused.error
+        assert all(r.context_n for k, r in enumerate(side.runs) if k not in (4, 5))
     out = "\n".join(session["lines"])
     assert "turn 2: Add a docstring." in out and re.search(r"q4_0:\s+turn 1 vs q8_0: (identical|parts at)", out)
     for side in rec.sides:
@@ -254,13 +260,13 @@ def test_the_record_runs_again_as_a_forced_conversation(session, tmp_path, serve
     proc = subprocess.run([sys.executable, "-m", "kvtui", "run", "--from", str(session["record"]), "--headless",
                            "--record", str(again), "--server-bin", str(server_binary.path)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr  # turn 5 is refused again: an error run, not a failure
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # turns 5 and 6 are refused again: error runs, not failures
     first, rec = read_record(session["record"]), read_record(again)
     assert rec.conversation is not None and rec.conversation.mode == "forced"
     assert [(t.turn, t.keep, t.messages, t.params) for t in rec.turns] == \
         [(t.turn, t.keep, t.messages, t.params) for t in first.turns]  # identical requests, turn by turn
     for side in rec.sides:
-        assert [r.turn for r in side.runs] == [1, 2, 3, 4, 5, 6]
+        assert [r.turn for r in side.runs] == [1, 2, 3, 4, 5, 6, 7]
     # the same requests at temperature 0: the primary answers as it did for the agent
     assert [r.text for r in rec.sides[0].runs] == [r.text for r in first.sides[0].runs]
 

@@ -266,3 +266,37 @@ def test_parse_head_lowercases_names_and_keeps_values():
     assert headers == (("x-api-key", "k"),)
     with pytest.raises(HttpError):
         parse_head(b"POST http://x/ HTTP/1.1")
+
+
+async def test_an_agent_that_hangs_up_mid_stream_does_not_break_the_turn_or_the_server():
+    """The turn's answer goes on being handed over after the agent has gone; the next agent is served."""
+    done: list[bool] = []
+    gone = asyncio.Event()
+
+    async def slow(agent: AgentRequest, response: PrimaryResponse) -> None:
+        await response.start(200, "text/event-stream")
+        await response.raw(b'data: {"n": 1}\n\n')
+        await gone.wait()  # the agent has closed its connection
+        for _ in range(50):  # what the primary still sends for this turn
+            await response.raw(b'data: {"n": 2}\n\n')
+        await response.finish()
+        done.append(response.gone)
+
+    srv = MirrorServer(slow, guard=Guard(), model_id="m", port=0)
+    await srv.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(_post("/v1/chat/completions", json.dumps({**CHAT, "stream": True}).encode()))
+        await writer.drain()
+        await reader.readuntil(b"data: ")
+        writer.close()
+        await writer.wait_closed()
+        gone.set()
+        for _ in range(50):
+            if done:
+                break
+            await asyncio.sleep(0.05)
+        health = await _raw(srv, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    finally:
+        await srv.close()
+    assert done == [True] and health[0] == 200
