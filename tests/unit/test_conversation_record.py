@@ -91,3 +91,18 @@ def test_view_keeps_every_turn_in_the_pane_text() -> None:
     assert "5 tok · tg 50.0 t/s · pp 100.0 t/s · context 67 · eos" in text
     assert s.reply_loop == (1, 3) and s.context_n == 67 and s.turn == 3
     assert s.shown == len(text) and text[s.reply_offset:].startswith(STUCK)
+
+
+def test_free_conversation_speeds_are_not_paired_where_contexts_differ() -> None:
+    from kvtui.core.quality.summary import fairness
+
+    recorded = read_record(Path(__file__).resolve().parents[1] / "data" / "sessions" / "conversation.toml")
+    (flag,) = fairness(recorded)
+    a, b = recorded.sides
+    differ = sum(1 for x, y in zip(a.runs, b.runs, strict=True) if x.context_n != y.context_n)
+    assert differ and f"the contexts differ in {differ} of 6 turns" in flag.line
+    assert flag.line.startswith("not comparable: a free conversation")
+    rec = SessionRecorder(None, {"name": "c"}, Host())
+    for e in conversation_events():  # the same context on both sides in every turn: nothing to flag
+        rec.handle(e)
+    assert fairness(rec.record) == []

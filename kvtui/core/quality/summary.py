@@ -282,9 +282,25 @@ def comparisons(record: SessionRecord, with_runs_only: bool = False) -> list[Sid
 
 
 def fairness(record: SessionRecord) -> list[Fairness]:
-    """Each other side against side 0: what differs besides the cache (see :mod:`kvtui.core.quality.fairness`)."""
-    return check_sides([SideFacts(s.name, s.cache_type_k, s.cache_type_v, s.argv, s.ran_with, s.n_ctx)
-                        for s in record.sides])
+    """Each other side against side 0: what differs besides the cache (see :mod:`kvtui.core.quality.fairness`).
+
+    In a free conversation each side answers in its own history, so a turn's two runs process different
+    contexts: where their sizes differ, their speeds are not a pair (a forced conversation's are).
+    """
+    found = {f.other: f for f in check_sides([SideFacts(s.name, s.cache_type_k, s.cache_type_v, s.argv, s.ran_with,
+                                                        s.n_ctx) for s in record.sides])}
+    if record.conversation is not None and record.conversation.mode == "free" and len(record.sides) > 1:
+        base = {r.turn: r.context_n for r in record.sides[0].runs}
+        for side in record.sides[1:]:
+            pairs = [(base[r.turn], r.context_n) for r in side.runs if r.turn in base]
+            differ = sum(1 for a, b in pairs if a != b)
+            if differ:
+                reason = (f"a free conversation: the contexts differ in {differ} of {len(pairs)} turns (a forced "
+                          "one pairs them)")
+                old = found.get(side.name)
+                found[side.name] = Fairness(record.sides[0].name, side.name,
+                                            (*(old.reasons if old else ()), reason))
+    return [found[s.name] for s in record.sides[1:] if s.name in found]
 
 
 def unfair_pair(record: SessionRecord, base: str, other: str) -> Fairness | None:
