@@ -26,7 +26,6 @@ import pytest
 
 openai = pytest.importorskip("openai", reason="the e2e mirror tests need the openai client (pip install '.[test]')")
 
-from kvtui.core.model.catalog import NAMED, resolve  # noqa: E402
 from kvtui.core.record.recorder import read_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,11 +126,6 @@ class Mirror:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def chat_model() -> Path:
-    return resolve(NAMED["smollm2"])
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from kvtui.core.mirror.session import MirrorSession, MirrorSettings
-from kvtui.core.model.catalog import NAMED, resolve
 from kvtui.core.record.recorder import read_record
 from kvtui.core.run.prepare import prepare
 from kvtui.mirror_cli import mirror_profile
@@ -29,10 +28,11 @@ async def wait_for(pilot, condition, timeout: float = 180.0) -> None:
         await pilot.pause(0.1)
 
 
-async def test_the_app_shows_each_agent_turn_on_every_side(tmp_path: Path, server_binary, no_leftover_servers) -> None:
+async def test_the_app_shows_each_agent_turn_on_every_side(tmp_path: Path, server_binary, chat_model,
+                                                          no_leftover_servers) -> None:
     profile = tmp_path / "mirror.toml"
     profile.write_text((REPO / "profiles" / "mirror.toml").read_text().replace(
-        'path = "smollm2"', f'path = "{resolve(NAMED["smollm2"])}"'))
+        'path = "smollm2"', f'path = "{chat_model}"'))
     record = tmp_path / "app-mirror.toml"
     prepared = prepare(mirror_profile(str(profile)), server_bin=str(server_binary.path), mode="parallel",
                        record=str(record))
