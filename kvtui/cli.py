@@ -1,4 +1,5 @@
-"""Command line: ``kvtui``, ``kvtui run``, ``kvtui replay``, ``kvtui show``, ``kvtui score``, ``kvtui doctor``.
+"""Command line: ``kvtui``, ``kvtui run``, ``kvtui replay``, ``kvtui show``, ``kvtui score``, ``kvtui mirror``,
+``kvtui doctor``.
 
 Exit codes: 0 done, 1 a run failed (a server crashed, ...), 2 bad input.
 """
@@ -26,6 +27,7 @@ examples:
   kvtui doctor                            what kvtui found: server, model, GPUs
   kvtui doctor --server-bin PATH          ... and which K/V pairs run flash attention on the GPU with that build
   kvtui score profiles/quality.toml --text benchmarks/data/lighthouse.txt   KL divergence vs f16
+  kvtui mirror profiles/mirror.toml       an OpenAI-compatible API for a coding agent, mirrored to every side
 exit codes: 0 done, 1 a run failed, 2 bad input
 """
 
@@ -42,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                          description="Start one llama-server per side of PROFILE and compare them.")
     run.add_argument("profile", nargs="?", help="profile TOML (default: the demo profile)")
     run.add_argument("--from", dest="from_record", metavar="RECORD",
-                     help="repeat the comparison of a session record (same profile, flags, prompt, seed)")
+                     help="repeat the comparison of a session record (same profile, flags, prompt, seed); a "
+                          "kvtui mirror record: the agent's requests, as a forced conversation")
     run.add_argument("--model", help="GGUF model path, or \"smollm2\" (overrides the profile)")
     run.add_argument("--server-bin", help="llama-server binary (overrides the profile and $KVTUI_LLAMA_SERVER)")
     run.add_argument("--mode", choices=("auto", "parallel", "sequential"),
@@ -73,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_score_parser(sub)
 
+    from .mirror_cli import add_parser as add_mirror_parser
+
+    add_mirror_parser(sub)
+
     doc = sub.add_parser("doctor", help="show what kvtui found and whether a run can start")
     doc.add_argument("--model", help="GGUF model path to check (default: the demo profile's)")
     doc.add_argument("--server-bin", help="llama-server binary to check; also measures it: one short probe server "
@@ -97,18 +104,25 @@ def main(argv: list[str] | None = None) -> int:
             from .score_cli import score
 
             return score(args)
+        if args.command == "mirror":
+            from .mirror_cli import mirror
+
+            return mirror(args)
         if args.command == "replay":
             return replay(args.record, args.speed, args.headless)
         if args.command in (None, "run"):
             profile: object = getattr(args, "profile", None) or str(default_profile_path())
             server_bin = getattr(args, "server_bin", None)
+            requests = None  # a mirror record's requests, run again as a forced conversation
             if getattr(args, "from_record", None):
                 if getattr(args, "profile", None):
                     raise KvtuiError("give a PROFILE or --from RECORD, not both", "drop one of them")
+                from kvtui.core.mirror.rerun import recorded_requests
                 from kvtui.core.record.recorder import profile_from_record
 
                 profile, recorded_bin = profile_from_record(args.from_record)
                 server_bin = server_bin or recorded_bin
+                requests = recorded_requests(args.from_record)
             headless = getattr(args, "headless", False)
             from kvtui.core.run.prepare import prepare
 
@@ -119,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                                allow_remote=getattr(args, "allow_remote", False),
                                force=getattr(args, "force", False))
             force = getattr(args, "force", False)
+            session = None
+            if requests is not None:
+                from kvtui.core.mirror.rerun import RecordedSession
+
+                session = RecordedSession(prepared, requests)
             if headless:
                 from kvtui.core.run.plan import overcommit
 
@@ -126,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 if refusal is not None:
                     print(f"kvtui: error: {refusal}", file=sys.stderr)
                     return EXIT_BAD_INPUT
-                return run_headless(prepared)
+                return run_headless(prepared, session)
             from kvtui.ui.app import run_app
 
-            return run_app(prepared, force=force)
+            return run_app(prepared, force=force, session=session)
     except KvtuiError as exc:
         _print_error(exc)
         return exc.exit_code
@@ -177,11 +196,11 @@ def replay(path: str, speed: float, headless: bool) -> int:
     return code if isinstance(code, int) else EXIT_OK
 
 
-def run_headless(prepared: object) -> int:
+def run_headless(prepared: object, session: object = None) -> int:
     """Run a prepared session with the headless console; returns the exit code.
 
-    The same ``LiveSession`` as the app drives the runner and the recorder;
-    the console is one more sink of its events.
+    The same ``LiveSession`` as the app drives the runner and the recorder (``session``: one of its kind,
+    e.g. a mirror record's requests run again); the console is one more sink of its events.
     """
     from kvtui.core.run.live import LiveSession
     from kvtui.core.run.prepare import Prepared
@@ -190,7 +209,9 @@ def run_headless(prepared: object) -> int:
 
     assert isinstance(prepared, Prepared)
     console = HeadlessConsole(wide_console())
-    session = LiveSession(prepared)
+    if session is None:
+        session = LiveSession(prepared)
+    assert isinstance(session, LiveSession)
     session.sinks.append(console.handle)
 
     async def main_task() -> str:

@@ -130,6 +130,8 @@ class HeadlessConsole:
                 self.say(e.side, f"turn {r.turn}: {turn_figures(r)}")
                 if r.text:
                     self.say(e.side, f"  {escape(repr(one_line(r.text, 100)))}", "dim")
+                for k, d in self.state.new_divergences:  # once this reply and the primary's are both in
+                    self.say(k, f"  turn {r.turn} {d.line()}", "dim")
             case RunFinished():
                 r = e.result
                 if r.predicted_per_second is not None:
@@ -277,7 +279,7 @@ def divergence_lines(record: SessionRecord) -> list[str]:
         cs = [c for c in comps if (c.base, c.other) == key]
         same = sum(1 for c in cs if c.identical)
         firsts = [c.first_divergence for c in cs if c.first_divergence is not None]
-        unit = "piece" if any(c.basis == "pieces" for c in cs) else "token"
+        unit = "/".join(dict.fromkeys({"pieces": "piece", "words": "word"}.get(c.basis, "token") for c in cs))
         text = f"{key[1]} vs {key[0]}: identical in {same}/{len(cs)} runs"
         if firsts:
             text += f"; first different {unit} at {statistics.median(firsts):g} (median)"
@@ -292,7 +294,9 @@ def divergence_lines(record: SessionRecord) -> list[str]:
             mean = sum((c.kl_mean or 0.0) * (c.kl_positions or 0) for c in kls) / max(n, 1)
             text += (f", KL >= {mean:.4f} nats (lower bound from top-{min(c.kl_top_n or 0 for c in kls)}, "
                      f"over {n} positions; kvtui score measures it properly)")
-        if unit == "piece":
+        if "piece" in unit:
             text += " (compared by streamed pieces: the chat stream sent no token ids)"
+        if "word" in unit:
+            text += " (unstreamed replies compared by words)"
         out.append(text)
     return out

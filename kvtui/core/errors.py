@@ -40,3 +40,11 @@ class ServerError(KvtuiError):
     def __init__(self, message: str, hint: str = "", log_tail: tuple[str, ...] = ()) -> None:
         super().__init__(message, hint, exit_code=1)
         self.log_tail = log_tail
+
+
+class RequestRefused(KvtuiError):
+    """A server answered a request with an HTTP error status: it lives, and may take the next request."""
+
+    def __init__(self, message: str, hint: str = "", status: int = 0) -> None:
+        super().__init__(message, hint, exit_code=1)
+        self.status = status

@@ -44,6 +44,7 @@ from kvtui.core.events import (
 from kvtui.core.logs.provenance import RanWith
 from kvtui.core.quality.figures import RateMeter
 from kvtui.core.quality.loops import piece_key
+from kvtui.core.quality.replies import ReplyDivergence, reply_divergence
 from kvtui.core.record.model import Run
 from kvtui.core.vocab import SideStatus, StopReason
 
@@ -193,6 +194,8 @@ class SessionState:
     conversation: str = ""  # "free", "forced", "mirror"; "" for prompts
     turn: int | None = None  # the conversation's latest turn
     turn_users: dict[int, str] = field(default_factory=dict)  # each turn's user message, as text
+    turn_runs: dict[tuple[int, int], Run] = field(default_factory=dict)  # (side, turn) -> its reply
+    new_divergences: list[tuple[int, ReplyDivergence]] = field(default_factory=list)  # the last event's
     _div: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # side -> (run, checked, first)
 
     def apply(self, e: Event) -> None:
@@ -202,7 +205,7 @@ class SessionState:
         if isinstance(e, SessionStarted):
             self.started = e
             self.finished = None
-            self.conversation, self.turn, self.turn_users = e.conversation, None, {}
+            self.conversation, self.turn, self.turn_users, self.turn_runs = e.conversation, None, {}, {}
             self.sides = [SideState(s.name, s.cache_type_k, s.cache_type_v, s.kv_estimate_mib,
                                     placement=s.placement, attached=s.attached) for s in e.sides]
             return
@@ -273,6 +276,7 @@ class SessionState:
                 if run.turn is not None:
                     s.context_n = run.context_n
                     s.show_text(f"\n{FIGURES_MARK}{turn_figures(run)}\n")
+                    self._turn_divergence(side_index, run)
             case SideWaiting():
                 s.status, s.waiting_reason = SideStatus.WAITING, e.reason
             case ServerStarting():
@@ -295,6 +299,25 @@ class SessionState:
                     s.status = SideStatus.CRASHED
             case SideFinished():
                 s.status = e.status  # a loop stays visible through ``loop``
+
+    def _turn_divergence(self, i: int, run: Run) -> None:
+        """Once a turn's reply and the primary's (side 0) are both in: how each other side's reply differs,
+        under its figures (``new_divergences`` says it to the headless console too). Only where every side
+        got the same request (forced, mirror): in a free conversation the contexts differ by design."""
+        assert run.turn is not None
+        self.new_divergences = []
+        if self.conversation == "free":
+            return
+        self.turn_runs[(i, run.turn)] = run
+        base = self.turn_runs.get((0, run.turn))
+        if base is None or base.stop == StopReason.ERROR:
+            return
+        for k in range(1, len(self.sides)) if i == 0 else [i]:
+            other = self.turn_runs.get((k, run.turn))
+            if other is not None and other.stop != StopReason.ERROR:
+                d = reply_divergence(self.sides[0].name, base, other)
+                self.new_divergences.append((k, d))
+                self.sides[k].show_text(f"{FIGURES_MARK}{d.line()}\n")
 
     def loading(self) -> bool:
         """Whether any side is in a load phase (the app then redraws the elapsed seconds once a second)."""

@@ -10,18 +10,19 @@ from kvtui.core.errors import EXIT_OK
 from kvtui.core.vocab import SessionStatus
 
 
-def run_app(prepared: Any, force: bool = False, *, auto_pilot: Any = None) -> int:
+def run_app(prepared: Any, force: bool = False, *, auto_pilot: Any = None, session: Any = None) -> int:
     """Open the app on a prepared live session; on exit print where the record went. Returns the exit code.
 
     Args:
         prepared: from :func:`kvtui.core.run.prepare.prepare`.
         force: start a parallel run that will not fit without asking.
         auto_pilot: for tests: drive the app headless with this Pilot coroutine.
+        session: a live session of another kind on ``prepared`` (a mirror record's requests run again).
     """
     from kvtui.core.run.live import LiveSession
     from kvtui.ui.app import KvtuiApp
 
-    session = LiveSession(prepared)
+    session = session if session is not None else LiveSession(prepared)
     records = [prepared.record_path]
     app = KvtuiApp(session, force=force)
     app.handle_signals = auto_pilot is None

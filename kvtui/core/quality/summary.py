@@ -26,6 +26,7 @@ from kvtui.core.quality.fairness import Fairness, SideFacts, check_sides
 from kvtui.core.quality.figures import Spread, pct_change, spread
 from kvtui.core.quality.loops import piece_key
 from kvtui.core.quality.paired import PairedVerdict, paired_pass, paired_speed
+from kvtui.core.quality.replies import word_keys
 from kvtui.core.record.model import Comparison, Run, SessionRecord, Side, Verdict
 from kvtui.core.vocab import CLEAN_STOPS, Schedule, StopReason
 
@@ -333,7 +334,10 @@ def divergences(record: SessionRecord) -> list[Comparison]:
         for a, b in pair_runs(sides[0].runs, sides[other].runs):
             if not a.ids or not b.ids:
                 continue
-            if -1 in a.ids or -1 in b.ids:  # no token ids (a chat stream): compare the streamed pieces instead
+            if (-1 in a.ids or -1 in b.ids) and min(len(a.pieces), len(b.pieces)) <= 1:
+                basis = "words"  # an unstreamed reply is one piece (kvtui mirror): compare the texts' words
+                d = compare_runs(*word_keys(a.text, b.text))
+            elif -1 in a.ids or -1 in b.ids:  # no token ids (a chat stream): compare the streamed pieces instead
                 basis = "pieces"
                 d = compare_runs([piece_key(p) or 0 for p in a.pieces], [piece_key(p) or 0 for p in b.pieces])
             else:

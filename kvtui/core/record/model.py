@@ -243,8 +243,9 @@ class Comparison:
                                 "an invented probability), nats; `kvtui score` measures it properly", None)
     kl_top_n: int | None = key("the shortest top-N list the bound came from", None)
     kl_positions: int | None = key("positions the bound is a mean over", None)
-    basis: str = key("what was compared: `ids` (token ids), or `pieces` (the streamed texts, for chat runs whose "
-                     "stream carried no token ids)", "ids")
+    basis: str = key("what was compared: `ids` (token ids), `pieces` (the streamed texts, for chat runs whose "
+                     "stream carried no token ids) or `words` (the texts' words, where a reply came unstreamed)",
+                     "ids")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kvtui.core.events import ReplyLoopDetected, RequestSent, TurnStarted
 from kvtui.core.quality.loops import ReplyLoopWatch
 from kvtui.core.record.model import Run
-from kvtui.core.run.turns import CHAT_PATH, Message, TurnRequest, chat_body
+from kvtui.core.run.turns import Message, TurnRequest, turn_request
 from kvtui.core.vocab import Schedule, StopReason
 
 if TYPE_CHECKING:
@@ -103,12 +103,12 @@ async def _answer(state: _Sides, req: TurnRequest, i: int, schedule: Schedule) -
     """Side ``i`` answers the turn; its history (free) takes its reply; a loop or a failure ends its part."""
     runner = state.runner
     messages = [*state.history[i], *req.messages] if req.own_history else list(req.messages)
-    body = chat_body(runner.plan.profile.sampling, messages, req.params)
+    path, body = turn_request(runner.plan.profile.sampling, messages, req.params)
     expected = getattr(runner.source, "expected", None)
     want, regex = expected(req.turn) if expected is not None else ("", "")
     sent = RequestSent(runner.now(), i, runner.run_index(i), f"turn {req.turn}", 0, body.get("seed"), schedule,
                        turn=req.turn)
-    run = await runner.request(i, sent, CHAT_PATH, body, expected=want, regex=regex,
+    run = await runner.request(i, sent, path, body, expected=want, regex=regex,
                                raw=req.primary_raw if i == PRIMARY else None,
                                adjust=lambda r: state.reply_loop(i, r))
     if i == PRIMARY:

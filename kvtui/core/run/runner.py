@@ -20,8 +20,9 @@ from pathlib import Path
 
 import httpx
 
-from kvtui.core.errors import KvtuiError
+from kvtui.core.errors import KvtuiError, RequestRefused
 from kvtui.core.events import (
+    ErrorRaised,
     Event,
     RequestSent,
     RunFinished,
@@ -252,13 +253,21 @@ class Runner(ServerControl):
             result.stop = "error"
             result.error = error.message
         done = self._emit_run(i, acc, result, check, adjust)
-        if error is not None:
+        if error is not None and self._refused_turn(i, error):
+            self.emit(ErrorRaised(self.now(), i, error.message, error.hint))  # the side takes the next turn
+        elif error is not None:
             self._fail(i, error, "crashed" if self._dead(i) else "error")
             if stalled:
                 await self._stop(i)  # a hung server is stopped now (SIGTERM + SIGCONT, then SIGKILL)
         elif result.stop == "aborted":
             self._aborted_side(i)
         return done
+
+    def _refused_turn(self, i: int, error: KvtuiError) -> bool:
+        """A turn the side's server refused (HTTP 4xx, e.g. a context too small for it) in a conversation whose
+        turns do not build on the side's own replies (forced, an agent's): the next turn may well fit."""
+        return (isinstance(error, RequestRefused) and 400 <= error.status < 500 and not self._dead(i)
+                and self.source is not None and getattr(self.source, "mode", "") != "free")
 
     def _aborted_side(self, i: int) -> None:
         if self.status[i] != "aborted":

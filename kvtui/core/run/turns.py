@@ -17,6 +17,7 @@ from kvtui.core.conversation import Conversation, content_text
 from kvtui.core.profiles import Sampling
 
 CHAT_PATH = "/v1/chat/completions"
+COMPLETION_PATH = "/completion"  # llama-server's own endpoint: an agent of ``kvtui mirror`` may use it
 Message = dict[str, Any]
 
 
@@ -46,11 +47,12 @@ class TurnRequest:
     own_history: bool = False
 
     def user_text(self) -> str:
-        """The turn's last user message, as text."""
+        """The turn's last user message, as text (a ``/completion`` turn's prompt)."""
         for m in reversed(self.messages):
             if m.get("role") == "user":
                 return content_text(m)
-        return ""
+        prompt = self.params.get("prompt")  # a /completion request (kvtui mirror): its prompt
+        return prompt if isinstance(prompt, str) else ""
 
 
 class TurnSource(Protocol):
@@ -126,3 +128,18 @@ def chat_body(sampling: Sampling, messages: list[Message] | tuple[Message, ...],
     body.update(params or {})
     body.update(messages=list(messages), cache_prompt=True, timings_per_token=True)
     return body
+
+
+def turn_request(sampling: Sampling, messages: list[Message] | tuple[Message, ...],
+                 params: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The endpoint and JSON body of one turn: the chat request, or, where ``params["endpoint"]`` says so
+    (``kvtui mirror``: an agent that uses llama-server's ``/completion``), a prompt request with the same
+    sampling defaults (the agent's ``prompt`` and other fields in ``params``)."""
+    params = dict(params or {})
+    if params.pop("endpoint", CHAT_PATH) != COMPLETION_PATH:
+        return CHAT_PATH, chat_body(sampling, messages, params)
+    body: dict[str, Any] = {"temperature": sampling.temperature, "seed": sampling.seed, "top_k": sampling.top_k,
+                            "top_p": sampling.top_p, "n_predict": sampling.n_predict, "stream": True}
+    body.update(params)
+    body["cache_prompt"] = True
+    return COMPLETION_PATH, body

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 
-from kvtui.core.errors import KvtuiError
+from kvtui.core.errors import KvtuiError, RequestRefused
 from kvtui.core.profiles import Prompt, Sampling
 from kvtui.core.server.sse import DONE, SSEDecoder, SSEError
-from kvtui.core.server.streamhttp import open_stream
+from kvtui.core.server.streamhttp import StreamResponse, open_stream
 from kvtui.core.server.wire import ChatChoice, ChatChunk, CompletionChunk, ErrorBody, Timings, TokenProb, read_json
 
 Clock = Callable[[], float]
@@ -258,8 +258,13 @@ async def stream(
         parser.result = result
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with open_stream(base_url + path, body, headers) as resp:  # not httpx: see server/streamhttp.py
+        if on_raw is not None:
+            await _raw_head(on_raw, resp)
         if resp.status_code != 200:
-            raise http_error(resp.status_code, path, await resp.aread())
+            raw = await resp.aread()
+            if on_raw is not None:
+                await on_raw(raw)
+            raise http_error(resp.status_code, path, raw)
         decoder = SSEDecoder()
         lines = resp.aiter_lines() if on_raw is None else _raw_lines(resp, on_raw)
         while True:
@@ -295,7 +300,14 @@ async def stream(
         raise SSEError("the stream ended before the server said it was done")
 
 
-async def _raw_lines(resp: httpx.Response, on_raw: Callable[[bytes], Awaitable[None]]) -> AsyncIterator[str]:
+async def _raw_head(on_raw: Callable[[bytes], Awaitable[None]], resp: StreamResponse | httpx.Response) -> None:
+    """A raw sink that takes the response's status and content type first (its ``head``) gets them."""
+    head = getattr(on_raw, "head", None)
+    if head is not None:
+        await head(resp.status_code, resp.headers.get("content-type", ""))
+
+
+async def _raw_lines(resp: StreamResponse, on_raw: Callable[[bytes], Awaitable[None]]) -> AsyncIterator[str]:
     """The response's lines, each chunk of bytes handed to ``on_raw`` first, as it came."""
     import codecs
 
@@ -315,7 +327,7 @@ async def _raw_lines(resp: httpx.Response, on_raw: Callable[[bytes], Awaitable[N
 async def post(http: httpx.AsyncClient, base_url: str, path: str, body: dict[str, Any], *, api_key: str = "",
                timeout_s: float = 120.0, clock: Clock = time.monotonic,
                on_raw: Callable[[bytes], Awaitable[None]] | None = None) -> tuple[Piece | None, StreamResult]:
-    """POST an unstreamed chat request: its reply as one piece (None when empty) and how it ended.
+    """POST an unstreamed chat (or ``/completion``) request: its reply as one piece (None when empty), how it ended.
 
     Raises:
         KvtuiError: an HTTP error status (with the server's message), or a body that is not a chat reply.
@@ -326,6 +338,7 @@ async def post(http: httpx.AsyncClient, base_url: str, path: str, body: dict[str
     resp = await http.post(base_url + path, json=body, headers=headers, timeout=httpx.Timeout(10.0, read=timeout_s))
     raw = resp.content
     if on_raw is not None:
+        await _raw_head(on_raw, resp)
         await on_raw(raw)
     if resp.status_code != 200:
         raise http_error(resp.status_code, path, raw)
@@ -335,13 +348,16 @@ async def post(http: httpx.AsyncClient, base_url: str, path: str, body: dict[str
         raise SSEError(f"the server's reply is not JSON: {raw[:80]!r}") from None
     result = StreamResult(stop="eos", timings=read_json(Timings, data.get("timings") if isinstance(data, dict)
                                                         else None))
+    n = result.timings.predicted_n if result.timings is not None else None
+    if isinstance(data, dict) and "choices" not in data and isinstance(data.get("content"), str):  # /completion
+        result.stop = _STOP_TYPES.get(data.get("stop_type"), "eos")  # type: ignore[arg-type]
+        return (Piece(clock(), n or 0, data["content"], None) if data["content"] else None), result
     choice = read_json(ChatChoice, (data.get("choices") or [None])[0]) if isinstance(data, dict) else None
     if choice is None:
         raise SSEError("the server's reply has no choices")
     result.stop = _FINISH.get(choice.finish_reason or "stop", "eos")
     message = (data["choices"][0] or {}).get("message") or {}
     text = message.get("content") if isinstance(message.get("content"), str) else ""
-    n = result.timings.predicted_n if result.timings is not None else None
     return (Piece(clock(), n or 0, text, None) if text else None), result
 
 
@@ -369,12 +385,12 @@ def http_error(status: int, path: str, raw: bytes) -> KvtuiError:
     if err.type == "exceed_context_size_error":
         n_prompt = "?" if err.n_prompt_tokens is None else err.n_prompt_tokens
         n_ctx = "?" if err.n_ctx is None else err.n_ctx
-        return KvtuiError(f"the prompt ({n_prompt} tokens) does not fit the server's context ({n_ctx} tokens)",
-                          "raise server.ctx_size in the profile, or shorten the prompt", exit_code=1)
+        return RequestRefused(f"the prompt ({n_prompt} tokens) does not fit the server's context ({n_ctx} tokens)",
+                              "raise server.ctx_size in the profile, or shorten the prompt", status)
     if status in (401, 403):
         hint = "the server refused kvtui's API key: another program may answer on this port"
     elif status == 503:
         hint = "the server is still loading or has no free slot: rerun once it is ready"
     else:
         hint = "check the profile's prompt and sampling settings against the server's message"
-    return KvtuiError(f"HTTP {status} from {path}: {message}", hint, exit_code=1)
+    return RequestRefused(f"HTTP {status} from {path}: {message}", hint, status)
