@@ -48,7 +48,8 @@ async def test_the_app_shows_each_agent_turn_on_every_side(tmp_path: Path, serve
             ask["messages"] += [first.json()["choices"][0]["message"], {"role": "user", "content": "Add a test."}]
             second = await agent.post("/v1/chat/completions", json={**ask, "stream": True})
         await wait_for(pilot, lambda: all(s.turn == 2 and s.stop is not None for s in app.state.sides))
-        await pilot.pause(0.3)
+        app.draw_now()  # the panes as the state is now, not after a wait for the next frame
+        await pilot.pause()
         texts = [p.view.text for p in app.query(GenerationPane)]
         assert first.status_code == 200 and second.status_code == 200
         for text in texts:
