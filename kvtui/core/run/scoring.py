@@ -171,7 +171,11 @@ async def score_endpoints(http: httpx.AsyncClient, endpoints: Sequence[Endpoint]
 
     async def run(endpoint: Endpoint) -> None:
         async with limit:
-            await _score_one(Teacher(http, endpoint, top_k), segments, collector, total, progress)
+            teacher = Teacher(http, endpoint, top_k)
+            try:
+                await _score_one(teacher, segments, collector, total, progress)
+            finally:
+                await teacher.aclose()
 
     await _gather_or_cancel([run(e) for e in sorted(endpoints, key=lambda e: e.name != base)])
     return {name: summarize(stats, side=name, base=base, top_k=top_k)
@@ -340,9 +344,12 @@ async def score_text(prepared: Prepared, text: str, settings: ScoreSettings,
                 await srv.start()
                 await srv.wait_ready(http)
                 teacher = Teacher(http, Endpoint(name, srv.base_url, srv.api_key), settings.top_k)
-                segments = await segments_for(teacher)
-                total = sum(s.positions for s in segments)
-                await _score_one(teacher, segments, collector, total, progress)
+                try:
+                    segments = await segments_for(teacher)
+                    total = sum(s.positions for s in segments)
+                    await _score_one(teacher, segments, collector, total, progress)
+                finally:
+                    await teacher.aclose()
             except (httpx.HTTPError, KvtuiError) as exc:
                 if srv.proc is not None and srv.proc.returncode is not None:
                     raise srv.failure() from None  # the server died: its log says why
