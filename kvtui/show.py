@@ -14,6 +14,7 @@ from rich.table import Table
 from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, summarize
 from kvtui.core.record.model import SessionRecord, read_record
 from kvtui.headless import legend_lines
+from kvtui.score_table import print_scores
 
 COLUMNS = ("record", "created", "model", "server", "side", "cache", "status", "runs", "schedule", "pp_tps", "tg_tps",
            "tg_source", "ttft_ms", "tokens", "kv_mib", "kv_estimate_mib", "mem_peak_mib", "mem_kind", "stops", "loops")
@@ -121,6 +122,7 @@ def _print_record(out: Console, path: str, rec: SessionRecord) -> None:
         if side.ran_with is not None:
             out.print(f"  [dim]{escape(side.name)} ran with: {escape(side.ran_with.badge())}[/]")
     _print_verdict(out, rec, summaries)
+    print_scores(out, rec, indent="  ")
     out.print()
 
 

@@ -29,6 +29,9 @@ from kvtui.core.events import (
     PromptProgress,
     RequestSent,
     RunFinished,
+    ScoreReady,
+    ScoringProgress,
+    ScoringStarted,
     ServerExited,
     ServerReady,
     ServerStarting,
@@ -41,6 +44,8 @@ from kvtui.core.events import (
 )
 from kvtui.core.logs.provenance import RanWith
 from kvtui.core.quality.figures import RateMeter
+from kvtui.core.quality.kld import SideScore
+from kvtui.core.record.model import Scoring
 from kvtui.core.vocab import SideStatus, StopReason
 
 RATE_HISTORY = 120  # sparkline points kept per side
@@ -150,15 +155,23 @@ class SessionState:
     finished: str | None = None
     now: float = 0.0
     events: int = 0
+    scoring: Scoring | None = None  # the base's generations teacher-forced once generation ended
+    score_done: int = 0  # positions scored so far, summed over the servers
+    score_total: int = 0
+    scores: tuple[SideScore, ...] = ()
     _div: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # side -> (run, checked, first)
 
     def apply(self, e: Event) -> None:
         """Fold one event in."""
         self.events += 1
         self.now = max(self.now, getattr(e, "t", self.now))
+        if isinstance(e, ScoringStarted | ScoringProgress | ScoreReady):
+            self._apply_scoring(e)
+            return
         if isinstance(e, SessionStarted):
             self.started = e
             self.finished = None
+            self.scoring, self.score_done, self.score_total, self.scores = None, 0, 0, ()
             self.sides = [SideState(s.name, s.cache_type_k, s.cache_type_v, s.kv_estimate_mib,
                                     placement=s.placement, attached=s.attached) for s in e.sides]
             return
@@ -235,6 +248,21 @@ class SessionState:
                     s.status = SideStatus.CRASHED
             case SideFinished():
                 s.status = e.status  # a loop stays visible through ``loop``
+
+    def _apply_scoring(self, e: ScoringStarted | ScoringProgress | ScoreReady) -> None:
+        if isinstance(e, ScoringProgress):
+            self.score_done, self.score_total = e.done, e.total
+            return
+        self.scoring = e.scoring
+        if isinstance(e, ScoringStarted):
+            self.score_done, self.score_total = 0, e.scoring.positions * (1 + len(e.scoring.sides))
+        else:
+            self.scores = e.scores
+
+    @property
+    def scoring_now(self) -> bool:
+        """Scoring has started and not ended."""
+        return self.scoring is not None and self.scoring.status == "running"
 
     def loading(self) -> bool:
         """Whether any side is in a load phase (the app then redraws the elapsed seconds once a second)."""

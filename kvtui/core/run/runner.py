@@ -1,9 +1,11 @@
 """The runner: turns a plan into running servers, measured requests and one event stream.
 
 Every consumer gets the same events through ``sink``. The runner owns the
-servers: it starts them, warms them up, measures, samples their memory, and
-stops them whatever happens (``aclose``). A side that fails does not stop the
-others; data already gathered is always emitted.
+servers: it starts them, warms them up, measures, samples their memory, scores
+the base side's generations on them once generation ends
+(:mod:`kvtui.core.run.gen_scoring`, unless the profile says ``score = false``),
+and stops them whatever happens (``aclose``). A side that fails does not stop
+the others; data already gathered is always emitted.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import httpx
 
 from kvtui.core.errors import KvtuiError, ServerError
 from kvtui.core.events import (
-    ErrorRaised,
     Event,
     RequestSent,
     RunFinished,
@@ -35,10 +36,12 @@ from kvtui.core.events import (
     SideWaiting,
     WarmupDone,
 )
-from kvtui.core.logs.failure import tail
 from kvtui.core.profiles import Prompt
 from kvtui.core.quality.checks import check_text
 from kvtui.core.record.accumulator import RunAccumulator
+from kvtui.core.record.model import Run
+from kvtui.core.run.failures import FailureReports
+from kvtui.core.run.gen_scoring import GenerationScoring
 from kvtui.core.run.plan import Plan
 from kvtui.core.run.request import RequestContext, stream_request
 from kvtui.core.run.sampling import sample_memory
@@ -53,7 +56,7 @@ WARMUP_TOKENS = 8
 WARMUP_CHARS = 8000  # the warm-up sends at most this much of the prompt (a couple of thousand tokens)
 
 
-class Runner:
+class Runner(FailureReports):
     """Runs a plan and emits its events.
 
     Args:
@@ -79,6 +82,8 @@ class Runner:
         self._http: httpx.AsyncClient | None = None
         self._next_run: dict[int, int] = {}
         self._starts: dict[int, int] = {}
+        self._runs: dict[int, list[Run]] = {}  # every side's runs as emitted (the base's are scored)
+        self.scoring = GenerationScoring(plan, self.emit, self.now)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -90,7 +95,10 @@ class Runner:
         self.sink(event)
 
     def abort(self, side: int | None = None) -> None:
-        """Stop a side's generation now (closing its stream); None aborts every side."""
+        """Stop a side's generation now (closing its stream); None aborts every side. While the base's generations
+        are scored, None or a side that has finished stops the scoring."""
+        if self.scoring.running and (side is None or self.status.get(side) in ("done", "crashed", "error", "aborted")):
+            self.scoring.abort()  # a finished side's abort key stops the scoring; its figures so far are kept
         targets = range(len(self.plan.sides)) if side is None else [side]
         for i in targets:
             if self.status.get(i) in ("done", "crashed", "error", "aborted"):
@@ -119,20 +127,27 @@ class Runner:
         for i in sides:
             self._aborted.discard(i)
             self.status[i] = "waiting"
+        score = only is None and self.scoring.enabled  # a rerun of some sides is not scored
         sampler = asyncio.create_task(self._sample_memory())
         try:
             async with client.http_client() as http:
                 self._http = http
                 if p.mode == "sequential" or len(sides) == 1:
+                    sides = self.scoring.order(sides) if score else sides  # the base first: see GenerationScoring
                     for i in sides[1:]:
                         self.emit(SideWaiting(self.now(), i, "sequential: " + p.mode_reason))
                     for i in sides:
                         if await self._bring_up([i]):
                             await self._measure_side(i)
+                        if score:
+                            await self._score([i])  # while its server is up
                         await self._stop(i)
                 else:
                     up = await self._bring_up(sides)
                     await self._measure_all(up)
+                    if score:
+                        await self._score(up)
+                self.scoring.end()
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -142,6 +157,15 @@ class Runner:
         if only is None:
             self.emit(SessionFinished(self.now(), final))
         return final
+
+    async def _score(self, sides: list[int]) -> None:
+        """Score the base's generations on these sides' running servers (planned with the first call)."""
+        assert self._http is not None
+        if self.scoring.scoring is None and not await self.scoring.begin(
+                self._http, self.servers.get(self.scoring.base_index), self.status,  # type: ignore[arg-type]
+                self._runs.get(self.scoring.base_index, [])):
+            return
+        await self.scoring.score(self._http, self.servers, self.status, sides)
 
     async def aclose(self) -> None:
         """Stop every server this runner started (safe to call more than once)."""
@@ -231,36 +255,6 @@ class Runner:
         rc = await srv.stop()
         if was_running and not isinstance(srv, AttachedServer):  # an attached server is left running
             self.emit(ServerExited(self.now(), i, rc, expected=True))
-
-    async def _settle(self, i: int, timeout_s: float = 2.0) -> None:
-        """After a failed request, give a dying server a moment to exit, so the cause comes from its log."""
-        srv = self.servers.get(i)
-        if srv is not None and srv.alive:
-            await srv.wait_exit(timeout_s)
-
-    def _dead(self, i: int) -> bool:
-        srv = self.servers.get(i)
-        return srv is not None and srv.exited
-
-    def _explain(self, i: int, exc: Exception) -> KvtuiError:
-        """A crash mid-request shows as an HTTP error; the log says why."""
-        if self._dead(i):
-            return self.servers[i].failure()
-        if isinstance(exc, KvtuiError):
-            return exc
-        log = self.servers[i].log_path
-        where = f"read {log}" if log is not None else f"check the server at {self.servers[i].base_url}"
-        return KvtuiError(f"request failed: {exc.__class__.__name__}: {exc}".rstrip(": "),
-                          f"rerun the side (r in the app); if it fails again, {where}", exit_code=1)
-
-    def _fail(self, i: int, exc: KvtuiError, status: str) -> None:
-        self._set(i, status)
-        self.emit(ErrorRaised(self.now(), i, exc.message, exc.hint))
-        srv = self.servers.get(i)
-        if srv is not None and srv.exited and srv.claim_exit_report():
-            log_tail = getattr(exc, "log_tail", ()) or tail(srv.log_text())
-            self.emit(ServerExited(self.now(), i, srv.exit_code, expected=False, log_tail=log_tail))
-        self.emit(SideFinished(self.now(), i, status))  # type: ignore[arg-type]
 
     # -- measuring ------------------------------------------------------------------------------
 
@@ -369,8 +363,9 @@ class Runner:
     def _emit_run(self, i: int, acc: RunAccumulator, result: client.StreamResult, prompt: Prompt) -> None:
         check = check_text(acc.text, expected=prompt.expected or None, regex=prompt.expected_regex or None)
         t = self.now()
-        self.emit(RunFinished(t, i, acc.finish(t, result.stop, timings=result.timings, error=result.error,
-                                               check=check)))
+        run = acc.finish(t, result.stop, timings=result.timings, error=result.error, check=check)
+        self._runs.setdefault(i, []).append(run)
+        self.emit(RunFinished(t, i, run))
 
     # -- memory ---------------------------------------------------------------------------------
 

@@ -114,6 +114,15 @@ class Teacher:
                              "is this a llama-server? check --server-bin", exit_code=1)
         return tokens
 
+    async def apply_template(self, messages: list[dict[str, str]]) -> str:
+        """The prompt text the server's chat template makes of ``messages`` (what a chat request evaluates)."""
+        data = await self._post("/apply-template", {"messages": messages})
+        prompt = data.get("prompt") if isinstance(data, dict) else None
+        if not isinstance(prompt, str):
+            raise KvtuiError(f"{self.endpoint.name}: /apply-template answered without a prompt",
+                             "this llama-server build may be too old for chat scoring; use a recent one", exit_code=1)
+        return prompt
+
     async def position(self, context: Sequence[int], actual: int) -> Position:
         """The distribution after ``context`` (token ids), with ``actual`` forced as the next token."""
         body = {"prompt": list(context), "n_predict": 1, "n_probs": self.top_k, "cache_prompt": True,
