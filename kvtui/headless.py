@@ -155,7 +155,7 @@ class HeadlessConsole:
             case ScoreReady():
                 sc = e.scoring
                 style = "" if sc.status == "done" else "yellow"
-                took = f" in {sc.t_end - sc.t_start:.0f} s" if sc.t_end is not None and sc.t_start is not None else ""
+                took = f" in {sc.seconds:.0f} s" if sc.seconds is not None else ""
                 line = f"scoring {sc.status}{took}" + (f": {escape(sc.error)}" if sc.error else "")
                 self.console.print(f"[{style}]{line}[/]" if style else line, soft_wrap=True)
             case SessionFinished():

@@ -88,8 +88,8 @@ def scoring_notes(scoring: Scoring) -> list[str]:
     if scoring.status != "done":
         out.append(f"scoring {scoring.status}" + (f": {scoring.error}" if scoring.error else ""))
     out += [f"not scored: {why}" for why in scoring.not_scored]
-    if scoring.t_start is not None and scoring.t_end is not None:
-        out.append(f"scoring took {scoring.t_end - scoring.t_start:.0f} s")
+    if scoring.seconds is not None:
+        out.append(f"scoring took {scoring.seconds:.0f} s")
     return out
 
 

@@ -256,7 +256,8 @@ class Scoring:
                                  "reference)", ())
     not_scored: tuple[str, ...] = key("sides left out, each with why (`q4_0: its server crashed`)", ())
     t_start: float | None = key("scoring began, seconds since the session started", None)
-    t_end: float | None = key("it ended", None)
+    t_end: float | None = key("it ended (in a sequential plan the other sides generate in between)", None)
+    seconds: float | None = key("time spent scoring", None)
     error: str | None = key("why it stopped early, or why nothing was scored", None)
 
 

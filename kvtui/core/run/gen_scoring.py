@@ -61,6 +61,8 @@ class GenerationScoring:
         self._task: asyncio.Future[None] | None = None
         self._last_progress = -1e9
         self._ended = False
+        self.seconds = 0.0  # spent scoring (a sequential plan generates in between)
+        self._since: float | None = None  # when the scoring in progress began
 
     @property
     def running(self) -> bool:
@@ -167,8 +169,10 @@ class GenerationScoring:
         if not targets:
             return
         self._task = asyncio.ensure_future(self._score_all(http, targets))
+        self._since = self.now()
         try:
             await asyncio.wait({self._task})
+            self._clock_out()
         except asyncio.CancelledError:
             self._task.cancel()
             await asyncio.wait({self._task})
@@ -222,6 +226,11 @@ class GenerationScoring:
             self._last_progress = now
             self.emit(ScoringProgress(now, sum(self.done.values()), total * servers))
 
+    def _clock_out(self) -> None:
+        if self._since is not None:
+            self.seconds += self.now() - self._since
+            self._since = None
+
     def abort(self) -> None:
         """Stop scoring now; the figures of the positions scored so far are emitted."""
         if self._task is not None and not self._task.done():
@@ -233,8 +242,9 @@ class GenerationScoring:
         if self.scoring is None or self._ended:
             return
         self._ended = True
+        self._clock_out()
         found = self.collector.scores(self.top_k) if self.collector is not None else {}
         scores = tuple(found[n].rounded() for n in self.sides if n in found)
         final = replace(self.scoring, status=status, sides=tuple(self.sides), not_scored=tuple(self.skipped),  # type: ignore[arg-type]
-                        t_end=round(self.now(), 3), error=error)
+                        t_end=round(self.now(), 3), seconds=round(self.seconds, 1), error=error)
         self.emit(ScoreReady(self.now(), final, scores))
