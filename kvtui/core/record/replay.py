@@ -83,7 +83,7 @@ def _scoring_events(record: SessionRecord, end: float) -> list[Event]:
         return []
     t_end = scoring.t_end if scoring.t_end is not None else end
     t_start = scoring.t_start if scoring.t_start is not None else t_end
-    started = replace(scoring, status="running", t_end=None, error=None)
+    started = replace(scoring, status="running", t_end=None, seconds=None, error=None)
     ready = ScoreReady(t_end, scoring, tuple(record.scores))
     return [ready] if scoring.status == "skipped" else [ScoringStarted(t_start, started), ready]
 
