@@ -15,9 +15,14 @@ from pathlib import Path
 import pytest
 
 from kvtui.core.server.keepalive import KeepAliveConnection, TransportError
-from kvtui.core.server.teacher import _read_position_json, read_position
+from kvtui.core.server.teacher import _read_positions_json, read_position, read_positions
 
 ANSWER = (Path(__file__).resolve().parents[1] / "data" / "teacher" / "completion-n_probs8.json").read_bytes()
+
+
+def _read_position_json(raw: bytes):
+    found = _read_positions_json(raw, 1)
+    return found[0] if found else None
 
 
 def test_a_real_answer_reads_the_same_as_json_loads() -> None:
@@ -54,6 +59,24 @@ def test_layouts_the_fast_path_does_not_know_fall_back_to_json() -> None:
         d["completion_probabilities"].append(d["completion_probabilities"][0])
     raw = _edited(two_entries)
     assert read_position(raw) == _read_position_json(raw)
+
+
+def test_the_answers_to_several_prompts_read_in_order() -> None:
+    one = json.loads(ANSWER)
+    answers = []
+    for k in range(3):
+        a = json.loads(ANSWER)
+        a["index"] = k
+        a["completion_probabilities"][0]["top_logprobs"][0]["logprob"] = -0.5 - k
+        answers.append(a)
+    raw = json.dumps(answers, separators=(",", ":")).encode()
+    found = read_positions(raw, 3)
+    assert found == _read_positions_json(raw, 3)
+    assert [f[1][0] for f in found] == [-0.5, -1.5, -2.5] and found[0][0] == [t["id"] for t in  # type: ignore[index]
+                                                                          one["completion_probabilities"][0]["top_logprobs"]]
+    shuffled = json.dumps([answers[1], answers[0], answers[2]], separators=(",", ":")).encode()
+    assert read_positions(shuffled, 3) == found  # out of order: read by json.loads, sorted by index
+    assert read_positions(raw, 2) is None  # not the answers asked for
 
 
 def test_a_null_log_probability_or_no_list_is_none() -> None:

@@ -39,6 +39,7 @@ from kvtui.core.server.keepalive import KeepAliveConnection, TransportError
 
 FORCE_BIAS = 1000.0  # added to the actual token's logit in the sampler: it becomes the sampled token
 RETRIES = 3  # fresh-connection attempts after a transport error
+BATCH = 16  # positions per request (Teacher.segment)
 _RETRYABLE = (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError, httpx.WriteError)
 
 
@@ -158,13 +159,49 @@ class Teacher:
                              "see the server log", exit_code=1)
         return data
 
+    async def positions(self, prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], list[float], int, float]]:
+        """The top-K after each of ``prompts`` (token ids), from one request.
+
+        llama-server makes a task of each prompt and runs them on its one slot in order, each on the cache the one
+        before left: every task evaluates one new token, exactly as the same prompts sent one by one would. Nothing
+        is forced, so the sampled token is the most likely one; the actual next token's log-probability is read
+        from the top-K, where it usually is (:meth:`segment` asks again, forcing it, where it is not).
+
+        Returns:
+            (top ids, their log-probabilities, the sampled id, its log-probability) per prompt, in order.
+        """
+        body = {"prompt": [list(p) for p in prompts], "n_predict": 1, "n_probs": self.top_k, "cache_prompt": True,
+                "temperature": 0.0, "top_k": 1, "stream": False}
+        raw = await self._post_raw("/completion", json.dumps(body, separators=(",", ":")).encode())
+        found = read_positions(raw, len(prompts))
+        if found is None or any(not ids for ids, _, _, _ in found):
+            raise KvtuiError(f"{self.endpoint.name}: /completion answered without n_probs log-probabilities",
+                             "this llama-server build may be too old; use a recent one", exit_code=1)
+        return found
+
     async def segment(self, tokens: Sequence[int], first: int,
-                      on_position: Callable[[int, Position], None]) -> None:
+                      on_position: Callable[[int, Position], None], batch: int = BATCH) -> None:
         """Score positions ``first`` .. ``len(tokens) - 2``: the distribution after ``tokens[:i + 1]``.
 
-        Each position's result goes to ``on_position(i, position)`` as it arrives.
+        ``batch`` positions go in one request (:meth:`positions`), so the server runs them back to back instead of
+        waiting for kvtui between positions. A position whose actual next token is outside its top-K is asked
+        again at the end with that token forced (:meth:`position`): its context is still in the cache, so the
+        server evaluates the same one token again. Each result goes to ``on_position(i, position)`` as it comes
+        (those asked again last).
         """
-        for i in range(first, len(tokens) - 1):
+        end = len(tokens) - 1
+        again = []
+        for start in range(first, end, batch):
+            chunk = range(start, min(start + batch, end))
+            for i, (ids, logprobs, got, lp) in zip(chunk, await self.positions([tokens[: i + 1] for i in chunk]),
+                                                   strict=True):
+                actual = tokens[i + 1]
+                if got != actual and actual not in ids:
+                    again.append(i)
+                    continue
+                known = lp if got == actual else logprobs[ids.index(actual)]
+                on_position(i, Position(ids, logprobs, actual, known))
+        for i in again:
             on_position(i, await self.position(tokens[: i + 1], tokens[i + 1]))
 
 
@@ -187,6 +224,8 @@ def _text(data: bytes) -> str:
     return " ".join(str(text).split())[:200]
 
 
+_CP = re.compile(rb'"completion_probabilities":')
+_INDEX = re.compile(rb'"index":(\d+)')
 _ID = re.compile(rb'"id":(-?\d+)')
 _LOGPROB = re.compile(rb'"logprob":([^,}\]]+)')
 
@@ -194,33 +233,65 @@ _LOGPROB = re.compile(rb'"logprob":([^,}\]]+)')
 def read_position(raw: bytes) -> tuple[list[int], list[float], int, float] | None:
     """(top ids, their log-probabilities, the sampled id, its log-probability) from a ``/completion`` answer.
 
-    The keys are found in the raw text: inside a JSON string a quote is always escaped, so ``"id":`` can only
-    be a key. The entry's own id and logprob must come before its ``"top_logprobs":`` and every listed token
-    must have an id, a token and a logprob; anything else (another layout, two entries, a null) is parsed with
-    ``json.loads`` instead, so the result is always what the JSON says.
-
     Returns:
         None when the answer has no ``completion_probabilities`` with a top list.
     """
-    start = raw.find(b'"completion_probabilities":')
-    split = raw.find(b'"top_logprobs":', start)
-    if start >= 0 and split > 0 and raw.find(b'"top_logprobs":', split + 1) < 0:
-        head, tail = raw[start:split], raw[split:]
-        try:
-            own_id, own_lp = _ID.findall(head), _LOGPROB.findall(head)
-            ids, lps = _ID.findall(tail), _LOGPROB.findall(tail)
-            if len(own_id) == len(own_lp) == 1 and len(ids) == len(lps) == tail.count(b'"token":') > 0:
-                return [int(i) for i in ids], [float(v) for v in lps], int(own_id[0]), float(own_lp[0])
-        except ValueError:
-            pass
-    return _read_position_json(raw)
+    found = read_positions(raw, 1)
+    return found[0] if found else None
 
 
-def _read_position_json(raw: bytes) -> tuple[list[int], list[float], int, float] | None:
+def read_positions(raw: bytes, n: int) -> list[tuple[list[int], list[float], int, float]] | None:
+    """What :func:`read_position` reads, for each of the ``n`` answers of a request with ``n`` prompts.
+
+    The keys are found in the raw text: inside a JSON string a quote is always escaped, so ``"id":`` can only be
+    a key. Each answer's entry must have its own id and logprob before its ``"top_logprobs":``, every listed token
+    an id, a token and a logprob, and the answers must come in order; anything else (another layout, a null, a
+    key of the same name elsewhere) is parsed with ``json.loads`` instead, so the result is always what the JSON
+    says.
+
+    Returns:
+        None when an answer has no ``completion_probabilities`` with a top list.
+    """
+    starts = [m.start() for m in _CP.finditer(raw)]
+    if len(starts) == n and [int(i) for i in _INDEX.findall(raw)] == list(range(n)):
+        out = []
+        for k, start in enumerate(starts):
+            found = _read_one(raw[start:starts[k + 1] if k + 1 < n else len(raw)])
+            if found is None:
+                break
+            out.append(found)
+        else:
+            return out
+    return _read_positions_json(raw, n)
+
+
+def _read_one(part: bytes) -> tuple[list[int], list[float], int, float] | None:
+    split = part.find(b'"top_logprobs":')
+    if split < 0 or part.find(b'"top_logprobs":', split + 1) >= 0:
+        return None
+    head, tail = part[:split], part[split:]
     try:
-        entry = json.loads(raw)["completion_probabilities"][0]
-        top = entry["top_logprobs"]
-        return ([int(t["id"]) for t in top], [float(t["logprob"]) for t in top], int(entry["id"]),
-                float(entry["logprob"]))
+        own_id, own_lp = _ID.findall(head), _LOGPROB.findall(head)
+        ids, lps = _ID.findall(tail), _LOGPROB.findall(tail)
+        if len(own_id) == len(own_lp) == 1 and len(ids) == len(lps) == tail.count(b'"token":') > 0:
+            return [int(i) for i in ids], [float(v) for v in lps], int(own_id[0]), float(own_lp[0])
+    except ValueError:
+        pass
+    return None
+
+
+def _read_positions_json(raw: bytes, n: int) -> list[tuple[list[int], list[float], int, float]] | None:
+    try:
+        data = json.loads(raw)
+        answers = sorted(data, key=lambda a: a["index"]) if isinstance(data, list) else [data]
+        if len(answers) != n:
+            return None
+        out = []
+        for answer in answers:
+            entry = answer["completion_probabilities"][0]
+            top = entry["top_logprobs"]
+            out.append(([int(t["id"]) for t in top], [float(t["logprob"]) for t in top], int(entry["id"]),
+                        float(entry["logprob"])))
+        return out
     except (KeyError, IndexError, TypeError, ValueError):
         return None
