@@ -5,22 +5,23 @@ get them one position at a time: a ``/completion`` request whose prompt is the
 token ids up to position i, with ``n_predict: 1``, ``n_probs: K`` (the top-K of
 the full softmax, before any sampler) and ``cache_prompt: true``, evaluates just
 the one new token in the server's own KV cache (quantized or not) and returns
-the next-token distribution there. A ``logit_bias`` on the actual next token
-makes it the sampled token, whose probability the server reports exactly even
-when it is outside the top-K (the bias acts in the sampler, after the
-probabilities are taken). That is what PPL and delta-p need.
+the next-token distribution there. The actual next token's probability (what PPL
+and delta-p need) is in the top-K almost always; where it is not, the position
+is asked again with a ``logit_bias`` that makes the actual token the sampled one,
+whose probability the server reports exactly even outside the top-K (the bias
+acts in the sampler, after the probabilities are taken).
 
-Connections are kept alive (a new TCP connection per position would cost more
-than the evaluation). llama-server closes an idle keep-alive connection after 5
-seconds, and a request sent just as it does fails with "Server disconnected
-without sending a response"; the scoring request is idempotent (the same prompt
-gives the same distribution whatever the cache holds: the server re-evaluates at
-least the last token), so it is simply sent again on a fresh connection.
-
-The scoring requests go over a connection of their own (:mod:`kvtui.core.server.keepalive`) and their
-answers are read by :func:`read_position`, which takes the ids and log-probabilities out of the raw
-JSON without building the 1,000 token objects (``json.loads`` is the fallback for anything it does
-not recognise); together that is about a third of kvtui's CPU per position.
+Positions go 16 to a request (a prompt array: the server makes a task of each
+and runs them in order on its one slot, each evaluating one new token on the
+cache the one before left, as single requests would), so the server does not
+wait for kvtui between positions. The requests go over a kept-alive connection
+of the teacher's own (:mod:`kvtui.core.server.keepalive`): llama-server closes
+an idle one after 5 seconds, and a request that meets that close is sent again
+on a fresh connection, which is safe because the same prompts give the same
+distributions whatever the cache holds. The answers are read by
+:func:`read_positions`, which takes the ids and log-probabilities out of the raw
+JSON without building the 1,000 token objects of each (``json.loads`` is the
+fallback for anything it does not recognise).
 """
 
 from __future__ import annotations
