@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from kvtui.core.quality.kld import Position
 from kvtui.core.server.keepalive import KeepAliveConnection, TransportError
-from kvtui.core.server.teacher import _read_positions_json, read_position, read_positions
+from kvtui.core.server.teacher import Endpoint, Teacher, _read_positions_json, read_position, read_positions
 
 ANSWER = (Path(__file__).resolve().parents[1] / "data" / "teacher" / "completion-n_probs8.json").read_bytes()
 
@@ -163,3 +164,41 @@ async def test_nothing_listening_is_a_transport_error() -> None:
     await server.wait_closed()
     with pytest.raises(TransportError):
         await KeepAliveConnection(url).post("/x", b"{}")
+
+
+class ListedTeacher(Teacher):
+    """A teacher whose server is a table: each context's top list, so the batching and asking again can be
+    followed without HTTP (the real server does the same in tests/e2e/test_score_server.py)."""
+
+    def __init__(self, tops: dict[int, list[int]]) -> None:
+        super().__init__(None, Endpoint("q8_0", "http://127.0.0.1:1"), 3)  # type: ignore[arg-type]
+        self.tops = tops  # context length -> its top ids (log-probabilities -1, -2, -3, ...)
+        self.requests: list[tuple[str, list[int]]] = []
+
+    def _answer(self, context) -> tuple[list[int], list[float], int, float]:
+        ids = self.tops[len(context)]
+        return ids, [-1.0 - k for k in range(len(ids))], ids[0], -1.0
+
+    async def positions(self, prompts):  # type: ignore[override]
+        self.requests.append(("batch", [len(p) for p in prompts]))
+        return [self._answer(p) for p in prompts]
+
+    async def position(self, context, actual):  # type: ignore[override]
+        self.requests.append(("forced", [len(context)]))
+        ids, lps, _, _ = self._answer(context)
+        return Position(ids, lps, actual, -9.0)
+
+
+async def test_a_segment_goes_in_batches_and_asks_again_where_the_actual_token_is_not_listed() -> None:
+    tokens = [2, 10, 11, 12, 13, 14, 15, 16]  # positions 1..6 scored (first = 1)
+    tops = {n: [tokens[n], 99, 98] for n in range(2, 8)}
+    tops[5] = [97, 99, 98]  # after 5 tokens the actual (14) is not in the top list
+    tops[6] = [98, tokens[6], 99]  # listed, not the most likely one
+    teacher = ListedTeacher(tops | {2: [tokens[2], 99, 98]})
+    got: dict[int, Position] = {}
+    await teacher.segment(tokens, 1, lambda i, p: got.__setitem__(i, p), batch=2)
+    assert teacher.requests == [("forced", [2]), ("batch", [3, 4]), ("batch", [5, 6]), ("batch", [7]),
+                                ("forced", [5])]
+    assert sorted(got) == [1, 2, 3, 4, 5, 6] and all(got[i].actual == tokens[i + 1] for i in got)
+    assert got[4].actual_logprob == -9.0  # asked again, forced
+    assert got[5].actual_logprob == -2.0 and got[2].actual_logprob == -1.0  # read from the list

@@ -184,15 +184,19 @@ class Teacher:
                       on_position: Callable[[int, Position], None], batch: int = BATCH) -> None:
         """Score positions ``first`` .. ``len(tokens) - 2``: the distribution after ``tokens[:i + 1]``.
 
-        ``batch`` positions go in one request (:meth:`positions`), so the server runs them back to back instead of
-        waiting for kvtui between positions. A position whose actual next token is outside its top-K is asked
-        again at the end with that token forced (:meth:`position`): its context is still in the cache, so the
-        server evaluates the same one token again. Each result goes to ``on_position(i, position)`` as it comes
-        (those asked again last).
+        The first position, whose context the server evaluates as one batch, is asked alone with its actual
+        token forced (:meth:`position`). The rest go ``batch`` to a request (:meth:`positions`), so the server
+        runs them back to back instead of waiting for kvtui between positions; one whose actual next token is
+        outside its top-K is asked again at the end with that token forced: its context is still in the cache,
+        so the server evaluates the same one token again. Each result goes to ``on_position(i, position)`` as
+        it comes (those asked again last).
         """
         end = len(tokens) - 1
+        if first >= end:
+            return
+        on_position(first, await self.position(tokens[: first + 1], tokens[first + 1]))
         again = []
-        for start in range(first, end, batch):
+        for start in range(first + 1, end, batch):
             chunk = range(start, min(start + batch, end))
             for i, (ids, logprobs, got, lp) in zip(chunk, await self.positions([tokens[: i + 1] for i in chunk]),
                                                    strict=True):
