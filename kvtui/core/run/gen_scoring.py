@@ -25,7 +25,7 @@ from kvtui.core.run.score_plan import generated_ids, not_scored, per_run_limit, 
 from kvtui.core.run.scoring import Collector, Segment, choose_base, score_side
 from kvtui.core.server.base import Server
 from kvtui.core.server.client import chat_messages
-from kvtui.core.server.teacher import Endpoint, Teacher
+from kvtui.core.server.teacher import BATCH, Endpoint, Teacher
 
 PROGRESS_S = 0.25  # at most this often a ScoringProgress
 
@@ -189,7 +189,9 @@ class GenerationScoring:
         total = sum(s.positions for s in self.segments)
 
         async def one(name: str, srv: Server) -> None:
-            teacher = Teacher(http, Endpoint(name, srv.base_url, srv.api_key), self.top_k)
+            props = getattr(srv, "props", None)  # an attached server may have several slots: one position a request
+            batch = BATCH if (getattr(props, "total_slots", None) or 1) == 1 else 1
+            teacher = Teacher(http, Endpoint(name, srv.base_url, srv.api_key), self.top_k, batch=batch)
             try:
                 if name != self.base:
                     text, special, tokens = self._probe  # type: ignore[misc]

@@ -71,14 +71,17 @@ class Teacher:
             scoring requests go over the teacher's own connection (close it with :meth:`aclose`).
         endpoint: the server.
         top_k: ``n_probs`` per position.
+        batch: positions per request (:meth:`segment`); 1 for a server with several slots, which would run the
+            tasks of one request side by side, each on another slot's cache.
     """
 
-    def __init__(self, http: httpx.AsyncClient, endpoint: Endpoint, top_k: int) -> None:
+    def __init__(self, http: httpx.AsyncClient, endpoint: Endpoint, top_k: int, batch: int = BATCH) -> None:
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
         self.http = http
         self.endpoint = endpoint
         self.top_k = top_k
+        self.batch = batch  # positions per request: 1 for a server with several slots (they would split a batch)
         self.retried = 0  # transport errors that a fresh connection fixed
         self._conn = KeepAliveConnection(endpoint.base_url, endpoint.headers)
 
@@ -181,7 +184,7 @@ class Teacher:
         return found
 
     async def segment(self, tokens: Sequence[int], first: int,
-                      on_position: Callable[[int, Position], None], batch: int = BATCH) -> None:
+                      on_position: Callable[[int, Position], None], batch: int | None = None) -> None:
         """Score positions ``first`` .. ``len(tokens) - 2``: the distribution after ``tokens[:i + 1]``.
 
         The first position, whose context the server evaluates as one batch, is asked alone with its actual
@@ -196,6 +199,7 @@ class Teacher:
             return
         on_position(first, await self.position(tokens[: first + 1], tokens[first + 1]))
         again = []
+        batch = batch or self.batch
         for start in range(first + 1, end, batch):
             chunk = range(start, min(start + batch, end))
             for i, (ids, logprobs, got, lp) in zip(chunk, await self.positions([tokens[: i + 1] for i in chunk]),
