@@ -83,8 +83,8 @@ def full_record() -> SessionRecord:
         fairness=[Fairness("q8_0", "q4_0", ("rotation differs: K+V vs off",))],
         verdicts=[Verdict("q8_0", "q4_0", "tg", 6, 6, 0, 0.03125, 4.5, True, "sign test",
                           "not comparable: rotation differs: K+V vs off")],
-        scoring=Scoring("aborted", "q8_0", 1000, 256, ("p",), 40, ("q4_0",), ("q5_0: its server crashed",), 3.0, 9.5,
-                        "stopped before it finished"),
+        scoring=Scoring("aborted", "q8_0", 1000, 256, ("p",), 40, ("q4_0",), ("q5_0: its server crashed",), t_start=3.0,
+                        t_end=9.5, seconds=6.5, error="stopped before it finished"),
         scores=[SideScore("q4_0", "q8_0", 30, 1000, 0.06, 0.009, 0.011, 0.22, 0.33, 0.44, 0.73, 0.77, 97.5, 1.2,
                           0.002, 11.3, 1.2, -3.0, 0.9, 0.05, 0.02, 1.05, 0.02, 1.28, 1.22)])
 
