@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--record", metavar="PATH", help="session record path (default: sessions/<profile>-<time>.toml)")
     run.add_argument("--no-record", action="store_true", help="do not write a session record")
     run.add_argument("--headless", action="store_true", help="no app: print progress and a result table")
+    run.add_argument("--no-score", action="store_true",
+                     help="skip scoring the base side's generations teacher-forced on every side once generation "
+                          "ends (the profile's run.score)")
     run.add_argument("--force", action="store_true",
                      help="run in parallel even where the memory plan says it will not fit, and attach to "
                           "servers that serve different models or contexts")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                vram_budget_mib=getattr(args, "vram_budget", None),
                                record=getattr(args, "record", None), no_record=getattr(args, "no_record", False),
                                allow_remote=getattr(args, "allow_remote", False),
-                               force=getattr(args, "force", False))
+                               force=getattr(args, "force", False), no_score=getattr(args, "no_score", False))
             force = getattr(args, "force", False)
             session = None
             if requests is not None:
@@ -227,12 +230,12 @@ def run_headless(prepared: object, session: object = None) -> int:
     except (asyncio.CancelledError, KeyboardInterrupt):
         status = SessionStatus.ABORTED
         session.kill_now()
-        session.recorder.finalize_partial(SessionStatus.ABORTED)
+        session.finalize(SessionStatus.ABORTED)
         console.close()
         console.console.print("[red]interrupted: servers stopped, partial record saved[/]")
     except Exception:  # kvtui itself failed: servers stopped (finally), and the record says how far it got
         session.kill_now()
-        session.recorder.finalize_partial(SessionStatus.ABORTED)
+        session.finalize(SessionStatus.ABORTED)
         console.close()
         raise
     finally:

@@ -18,6 +18,9 @@ from kvtui.core.events import (
     PromptProgress,
     ReplyLoopDetected,
     RunFinished,
+    ScoreReady,
+    ScoringProgress,
+    ScoringStarted,
     ServerExited,
     ServerReady,
     ServerStarting,
@@ -30,6 +33,7 @@ from kvtui.core.events import (
 from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, summarize, unfair_pair, verdicts
 from kvtui.core.record.model import SessionRecord
 from kvtui.core.view import SessionState, one_line, turn_figures
+from kvtui.score_table import print_scores
 
 PROGRESS_PRINT_S = 5.0  # at most one progress line per side this often
 PROGRESS_AFTER_S = 1.0  # a prompt done sooner prints no progress
@@ -50,6 +54,7 @@ class HeadlessConsole:
         self._live: Live | None = None
         self._last_refresh = 0.0
         self._last_progress: dict[tuple[int, int], float] = {}  # (side, run) -> time of its last progress line
+        self._last_score_line = 0.0  # when a scoring progress line was last printed
 
     def __call__(self, event: Event) -> None:
         self.handle(event)
@@ -152,6 +157,24 @@ class HeadlessConsole:
                     self.say(e.side, f"llama-server exited with code {e.returncode}; log tail:", "red")
                     for line in e.log_tail[-8:]:
                         self.console.print(Text("    " + line, style="dim"))
+            case ScoringStarted():
+                sc = e.scoring
+                self.console.print(f"scoring: {escape(sc.base)}'s generation{'s' if len(sc.prompts) > 1 else ''} "
+                                   f"({sc.positions:,} positions) teacher-forced on {escape(', '.join(sc.sides))} and "
+                                   f"{escape(sc.base)} itself, top-{sc.top_k}", soft_wrap=True)
+                for why in sc.not_scored:
+                    self.console.print(f"[yellow]not scored: {escape(why)}[/]", soft_wrap=True)
+                self._last_score_line = e.t
+            case ScoringProgress():
+                if e.t - self._last_score_line >= PROGRESS_PRINT_S and e.done < e.total:
+                    self._last_score_line = e.t
+                    self.console.print(f"[dim]scoring {e.done:,}/{e.total:,} positions ({e.fraction:.0%})[/]")
+            case ScoreReady():
+                sc = e.scoring
+                style = "" if sc.status == "done" else "yellow"
+                took = f" in {sc.seconds:.0f} s" if sc.seconds is not None else ""
+                line = f"scoring {sc.status}{took}" + (f": {escape(sc.error)}" if sc.error else "")
+                self.console.print(f"[{style}]{line}[/]" if style else line, soft_wrap=True)
             case SessionFinished():
                 self._stop_live()
                 return
@@ -225,6 +248,7 @@ class HeadlessConsole:
                 self.console.print(f"  {other} vs {base}: {prefix}{v}")
         for line in divergence_lines(record):
             self.console.print(line, soft_wrap=True)  # one line each, even in a log file
+        print_scores(self.console, record)
         for s, side in zip(summaries, record.sides, strict=False):
             if s.reply_loop is not None:
                 first, count = s.reply_loop

@@ -137,12 +137,6 @@ def _progress(console: Any) -> _Bars | None:
     return _Bars(console) if console.is_terminal else None
 
 
-def _pm(value: float | None, unc: float | None, digits: int) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f} ± {unc:.{digits}f}" if unc is not None else f"{value:.{digits}f}"
-
-
 def score_rows(report: ScoreReport) -> list[tuple[str, str, SideScore]]:
     """(label, KV types, score) per row: the noise floor first, then the sides."""
     rows = []
@@ -154,32 +148,10 @@ def score_rows(report: ScoreReport) -> list[tuple[str, str, SideScore]]:
 
 def print_report(console: Any, report: ScoreReport) -> None:
     """The headless table, laid out like llama-perplexity's summary: a row per figure, a column per side."""
-    from rich.table import Table
+    from .score_table import score_table
 
-    rows = score_rows(report)
-    table = Table(title=f"kvtui score: every side against {report.base} ({report.kv_types.get(report.base, '')})",
-                  title_justify="left")
-    table.add_column("")
-    for label, kv, _ in rows:
-        table.add_column(f"{label}\n{kv}", justify="right")
-    figures: list[tuple[str, Any]] = [
-        ("mean KLD", lambda s: _pm(s.kld_mean, s.kld_mean_unc, 5)),
-        ("median KLD", lambda s: f"{s.kld_median:.5f}"),
-        ("90% KLD", lambda s: f"{s.kld_p90:.5f}"),
-        ("99% KLD", lambda s: f"{s.kld_p99:.5f}"),
-        ("99.9% KLD", lambda s: f"{s.kld_p999:.5f}"),
-        ("maximum KLD", lambda s: f"{s.kld_max:.5f}"),
-        ("same top %", lambda s: _pm(s.same_top_pct, s.same_top_pct_unc, 2)),
-        ("RMS Δp %", lambda s: _pm(s.rms_dp_pct, s.rms_dp_pct_unc, 3)),
-        ("mean Δp %", lambda s: _pm(s.mean_dp_pct, s.mean_dp_pct_unc, 3)),
-        ("ln(PPL/PPL base)", lambda s: _pm(s.ln_ppl_ratio, s.ln_ppl_ratio_unc, 5)),
-        ("PPL/PPL base", lambda s: _pm(s.ppl_ratio, s.ppl_ratio_unc, 4)),
-        ("PPL", lambda s: "-" if s.ppl is None else f"{s.ppl:.3f} (base {s.ppl_base:.3f})"),
-        (f"beyond both top-{report.top_k}", lambda s: f"{s.unresolved_mean:.1%}"),
-    ]
-    for name, cell in figures:
-        table.add_row(name, *(cell(s) for _, _, s in rows))
-    console.print(table)
+    title = f"kvtui score: every side against {report.base} ({report.kv_types.get(report.base, '')})"
+    console.print(score_table(score_rows(report), report.top_k, title))
     console.print(f"{report.positions:,} positions ({report.chunks} chunks of {report.ctx} tokens, the second half "
                   f"of each), top-{report.top_k} per position, {report.seconds:.0f} s. KL divergence in nats: a lower "
                   "bound, exact on the tokens both sides listed; the base's probability beyond them (the last row) "

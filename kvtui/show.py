@@ -15,6 +15,7 @@ from kvtui.core.quality.summary import SideSummary, clean_finish, comparisons, s
 from kvtui.core.record.model import SessionRecord, read_record
 from kvtui.core.view import one_line
 from kvtui.headless import legend_lines
+from kvtui.score_table import print_scores
 
 COLUMNS = ("record", "created", "model", "server", "side", "cache", "status", "runs", "schedule", "pp_tps", "tg_tps",
            "tg_source", "ttft_ms", "tokens", "kv_mib", "kv_estimate_mib", "mem_peak_mib", "mem_kind", "stops", "loops")
@@ -124,6 +125,7 @@ def _print_record(out: Console, path: str, rec: SessionRecord) -> None:
     if rec.conversation is not None:
         _print_turns(out, rec)
     _print_verdict(out, rec, summaries)
+    print_scores(out, rec, indent="  ")
     out.print()
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kvtui.core.logs.provenance import RanWith
-from kvtui.core.record.model import Run
+from kvtui.core.quality.kld import SideScore
+from kvtui.core.record.model import Run, Scoring
 from kvtui.core.vocab import Schedule, SessionStatus, SideStatus, StopReason  # noqa: F401 - the vocabulary, re-exported
 
 
@@ -264,6 +265,39 @@ class ErrorRaised:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoringStarted:
+    """Generation has ended: the base side's generations are scored teacher-forced on every side's server.
+
+    ``scoring`` is the record's ``[scoring]`` as it starts (status ``running``).
+    """
+
+    t: float
+    scoring: Scoring
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringProgress:
+    """Positions scored so far, summed over the servers being scored (the record does not keep these)."""
+
+    t: float
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreReady:
+    """Scoring ended (done, aborted, failed or skipped): every side's figures against the base, as recorded."""
+
+    t: float
+    scoring: Scoring
+    scores: tuple[SideScore, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SessionFinished:
     t: float
     status: SessionStatus
@@ -287,5 +321,8 @@ Event = (
     | RunFinished
     | SideFinished
     | ErrorRaised
+    | ScoringStarted
+    | ScoringProgress
+    | ScoreReady
     | SessionFinished
 )

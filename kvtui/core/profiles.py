@@ -89,6 +89,8 @@ class RunSettings:
     schedule: str = "auto"
     stop_on_loop: bool = False
     stall_timeout_s: float = 120.0
+    score: bool = True  # once generation ends, teacher-force the base side's generations on every side's server
+    score_positions: int = 256  # at most this many positions per side, shared among the prompts (0: no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +151,8 @@ class Profile:
                          "n_predict": self.sampling.n_predict, "n_probs": self.sampling.n_probs},
             "run": {"warmup": self.run.warmup, "repeats": self.run.repeats, "mode": self.run.mode,
                     "schedule": self.run.schedule, "stop_on_loop": self.run.stop_on_loop,
-                    "stall_timeout_s": self.run.stall_timeout_s},
+                    "stall_timeout_s": self.run.stall_timeout_s, "score": self.run.score,
+                    "score_positions": self.run.score_positions},
         }
 
 
@@ -192,7 +195,8 @@ _PROMPT = {"text": (str, None), "file": (str, None), "endpoint": (str, ENDPOINTS
 _SAMPLING = {"temperature": ((int, float), None), "seed": (int, None), "top_k": (int, None),
              "top_p": ((int, float), None), "n_predict": (int, None), "n_probs": (int, None)}
 _RUN = {"warmup": (bool, None), "repeats": (int, None), "mode": (str, MODES), "schedule": (str, SCHEDULES),
-        "stop_on_loop": (bool, None), "stall_timeout_s": ((int, float), None)}
+        "stop_on_loop": (bool, None), "stall_timeout_s": ((int, float), None), "score": (bool, None),
+        "score_positions": (int, None)}
 
 def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Path | None = None) -> Profile:
     """Validate parsed TOML data and build a Profile.
@@ -286,6 +290,8 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>", base_dir: Pat
     if not 0 <= sampling.n_probs <= 100:
         raise c.fail("sampling.n_probs", f"{sampling.n_probs} is out of range", "use 0 (off) to 100; 5 is plenty")
     c.positive(run.stall_timeout_s, "run.stall_timeout_s")
+    if run.score_positions < 0:
+        raise c.fail("run.score_positions", f"{run.score_positions} is negative", "use 0 (no cap) or more, e.g. 512")
     if sampling.temperature < 0:
         raise c.fail("sampling.temperature", "must be 0 or more")
     for s in sides:

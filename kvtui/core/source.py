@@ -45,7 +45,7 @@ class EventSource(Protocol):
         """Run one side again (appending to the record), or all of them."""
 
     def abort(self, side: int | None = None) -> None:
-        """Stop one side's generation now, or every side's."""
+        """Stop one side's generation now, or every side's (a finished side, or None, stops a scoring)."""
 
     async def aclose(self) -> None:
         """Stop what it started (idempotent)."""

@@ -30,6 +30,9 @@ from kvtui.core.events import (
     ReplyLoopDetected,
     RequestSent,
     RunFinished,
+    ScoreReady,
+    ScoringProgress,
+    ScoringStarted,
     ServerExited,
     ServerReady,
     ServerStarting,
@@ -43,9 +46,10 @@ from kvtui.core.events import (
 )
 from kvtui.core.logs.provenance import RanWith
 from kvtui.core.quality.figures import RateMeter
+from kvtui.core.quality.kld import SideScore
 from kvtui.core.quality.loops import piece_key
 from kvtui.core.quality.replies import ReplyDivergence, reply_divergence
-from kvtui.core.record.model import Run
+from kvtui.core.record.model import Run, Scoring
 from kvtui.core.vocab import SideStatus, StopReason
 
 RATE_HISTORY = 120  # sparkline points kept per side
@@ -196,16 +200,24 @@ class SessionState:
     turn_users: dict[int, str] = field(default_factory=dict)  # each turn's user message, as text
     turn_runs: dict[tuple[int, int], Run] = field(default_factory=dict)  # (side, turn) -> its reply
     new_divergences: list[tuple[int, ReplyDivergence]] = field(default_factory=list)  # the last event's
+    scoring: Scoring | None = None  # the base's generations teacher-forced once generation ended
+    score_done: int = 0  # positions scored so far, summed over the servers
+    score_total: int = 0
+    scores: tuple[SideScore, ...] = ()
     _div: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # side -> (run, checked, first)
 
     def apply(self, e: Event) -> None:
         """Fold one event in."""
         self.events += 1
         self.now = max(self.now, getattr(e, "t", self.now))
+        if isinstance(e, ScoringStarted | ScoringProgress | ScoreReady):
+            self._apply_scoring(e)
+            return
         if isinstance(e, SessionStarted):
             self.started = e
             self.finished = None
             self.conversation, self.turn, self.turn_users, self.turn_runs = e.conversation, None, {}, {}
+            self.scoring, self.score_done, self.score_total, self.scores = None, 0, 0, ()
             self.sides = [SideState(s.name, s.cache_type_k, s.cache_type_v, s.kv_estimate_mib,
                                     placement=s.placement, attached=s.attached) for s in e.sides]
             return
@@ -318,6 +330,21 @@ class SessionState:
                 d = reply_divergence(self.sides[0].name, base, other)
                 self.new_divergences.append((k, d))
                 self.sides[k].show_text(f"{FIGURES_MARK}{d.line()}\n")
+
+    def _apply_scoring(self, e: ScoringStarted | ScoringProgress | ScoreReady) -> None:
+        if isinstance(e, ScoringProgress):
+            self.score_done, self.score_total = e.done, e.total
+            return
+        self.scoring = e.scoring
+        if isinstance(e, ScoringStarted):
+            self.score_done, self.score_total = 0, e.scoring.positions * (1 + len(e.scoring.sides))
+        else:
+            self.scores = e.scores
+
+    @property
+    def scoring_now(self) -> bool:
+        """Scoring has started and not ended."""
+        return self.scoring is not None and self.scoring.status == "running"
 
     def loading(self) -> bool:
         """Whether any side is in a load phase (the app then redraws the elapsed seconds once a second)."""

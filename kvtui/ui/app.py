@@ -33,6 +33,7 @@ from kvtui.ui.replay_keys import ReplayKeys
 from kvtui.ui.screens.confirm import ConfirmScreen
 from kvtui.ui.screens.help import HelpScreen
 from kvtui.ui.screens.server_log import ServerLogScreen
+from kvtui.ui.side_keys import SideKeys
 from kvtui.ui.widgets.comparison_strip import ComparisonStrip
 from kvtui.ui.widgets.generation_pane import TIMED, GenerationPane
 from kvtui.ui.widgets.session_header import SessionHeader
@@ -43,7 +44,6 @@ TEXT_MAX_WAIT_S = 0.3  # ...or until text has waited this long (a slow stream pa
 FIGURES_MIN_S = 0.35  # figures redraw with text at most this often, and without text at least every
 FIGURES_MAX_S = 0.6  # this often: about twice a second (the current rate looks back 1 s, the sparkline 0.25 s)
 CLOCK_S = 1.0  # load-phase seconds, kvtui's own CPU, and the log lines that move a load phase on
-FINISHED = ("done", "aborted", "crashed", "error")
 
 
 class Panes(Grid):
@@ -52,7 +52,7 @@ class Panes(Grid):
     BLANK = True
 
 
-class KvtuiApp(QuitControl, ReplayKeys, App[int]):
+class KvtuiApp(QuitControl, ReplayKeys, SideKeys, App[int]):
     """The kvtui terminal app.
 
     Args:
@@ -94,7 +94,7 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
         self.replay_label = replay_label
         self.autostart = autostart
         self._header_shown: tuple[object, ...] | None = None
-        self._runs_shown: tuple[int, ...] | None = None
+        self._runs_shown: tuple[object, ...] | None = None
         self._events_drawn = -1  # state.events at the last figures redraw
         self._awake = False  # the frame timer runs (it sleeps while nothing happens)
         self._figures_now = True  # the next frame redraws the figures whenever they were last drawn
@@ -260,13 +260,14 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
     def _refresh_strip(self) -> None:
         record = self.session.recorder.record if self.session.recorder is not None else None
         runs = tuple(len(s.runs) for s in record.sides) if record else ()
-        runs += (self.state.finished is not None,)
-        if runs != self._runs_shown:  # the strip changes only when a run ends
+        sc = self.state.scoring
+        runs += (self.state.finished is not None, sc and sc.status, self.state.score_done)
+        if runs != self._runs_shown:  # the strip changes only when a run ends, or as scoring goes
             self._runs_shown = runs
             final = record is not None and self.state.finished is not None
             self._strip.show(summarize(record) if record else [],
                              comparisons(record, with_runs_only=True) if record else [],
-                             verdicts(record) if final else [])
+                             verdicts(record) if final else [], self.state)
 
     # -- once a second: load phases, kvtui's own CPU ----------------------------------------------------
 
@@ -352,51 +353,6 @@ class KvtuiApp(QuitControl, ReplayKeys, App[int]):
         panes = self.panes()
         if 0 <= side < len(panes):
             panes[side].focus()
-
-    def action_abort_focused(self) -> None:
-        self.action_abort(self.focused_side())
-
-    def action_abort_first(self) -> None:
-        self.action_abort(0)
-
-    def action_abort_last(self) -> None:
-        self.action_abort(len(self.state.sides) - 1)
-
-    def _abortable(self, side: int) -> bool:
-        return self._session_running and self.state.sides[side].status not in FINISHED
-
-    def action_abort(self, side: int) -> None:
-        if not 0 <= side < len(self.state.sides):
-            return
-        s = self.state.sides[side]
-        if not self._abortable(side):
-            self.notify(f"nothing to abort: {s.name} is {s.status if s.status in FINISHED else 'not running'}")
-            return
-        self.session.abort(side)
-        self.notify(f"aborting {s.name}")
-
-    def action_abort_all(self) -> None:
-        running = [s.name for i, s in enumerate(self.state.sides) if self._abortable(i)]
-        if not running:
-            self.notify("nothing to abort: no side is running")
-            return
-        self.session.abort(None)
-        self.notify("aborting " + ", ".join(running))
-
-    def action_rerun_focused(self) -> None:
-        self._rerun(self.focused_side())
-
-    def action_rerun_all(self) -> None:
-        self._rerun(None)
-
-    def _rerun(self, side: int | None) -> None:
-        if self._session_running:
-            self.notify("a run is still going: abort it first (x or X)", severity="warning")
-            return
-        if side is not None and side >= len(self.state.sides):
-            return
-        self.start_session(side, rerun=True)
-        self.notify("rerunning " + ("all sides" if side is None else self.state.sides[side].name))
 
     def action_save(self) -> None:
         path = self.session.save()

@@ -59,7 +59,7 @@ def test_demo_headless_run_records_both_sides(tmp_path: Path, server_binary, mod
         log = Path(side.log).read_text()
         timings = _server_timings_from_log(log)
         assert timings, "no eval-time lines in the server log"
-        n, tps = timings[-1]  # the measured run is the last request (the warm-up came first)
+        n, tps = timings[1]  # the warm-up came first, then the measured run (scoring's one-token requests after)
         assert n == run.predicted_n
         assert run.predicted_per_second == pytest.approx(tps, rel=0.01)
         # the client's own rate agrees with the server's within a reasonable margin

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.core.events import LoopDetected, RunFinished, TokenReceived
+from kvtui.core.events import LoopDetected, RunFinished, ScoreReady, ScoringStarted, TokenReceived
 from kvtui.core.profiles import load_profile
 from kvtui.core.record.recorder import read_record
 from kvtui.core.record.replay import Replayer
@@ -61,3 +61,11 @@ def test_replay_reproduces_the_live_events(tmp_path: Path, server_binary, no_lef
     assert finished(e for _, e in replayed) == finished(live_events)
     loops = [(e.side, e.period, e.start, e.repeats) for e in live_events if isinstance(e, LoopDetected)]
     assert [(e.side, e.period, e.start, e.repeats) for _, e in replayed if isinstance(e, LoopDetected)] == loops
+    # the scoring after generation: the same start and the same figures
+    def scoring(events):
+        return [(type(e).__name__, e.scoring, e.scores if isinstance(e, ScoreReady) else ()) for e in events
+                if isinstance(e, ScoringStarted | ScoreReady)]
+
+    live_scoring = scoring(live_events)
+    assert [k for k, _, _ in live_scoring] == ["ScoringStarted", "ScoreReady"] and live_scoring[1][2]
+    assert scoring(e for _, e in replayed) == live_scoring

@@ -186,3 +186,14 @@ def test_a_record_given_as_a_profile_says_how_to_use_it() -> None:
         load_profile(record)
     assert info.value.message == f"{record} is a session record, not a profile"
     assert f"kvtui run --from {record}" in info.value.hint and f"kvtui replay {record}" in info.value.hint
+
+
+def test_scoring_is_on_by_default_capped_and_can_be_turned_off() -> None:
+    p = parse_profile(GOOD, source="p.toml")
+    assert p.run.score is True and p.run.score_positions == 256
+    off = parse_profile(with_("run.score", False), source="p.toml")
+    assert off.run.score is False and off.to_dict()["run"]["score"] is False
+    assert parse_profile(with_("run.score_positions", 0), source="p.toml").run.score_positions == 0
+    err = bad(with_("run.score_positions", -5))
+    assert "run.score_positions" in err.message and "0 (no cap)" in err.hint
+    assert "run.score" in bad(with_("run.score", "yes")).message

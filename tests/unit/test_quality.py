@@ -224,9 +224,9 @@ def test_headless_table_shows_every_side_and_the_noise_floor() -> None:
 
 
 def test_collector_pairs_positions_in_any_order_and_lets_go_of_the_base() -> None:
-    from kvtui.core.run.scoring import _Collector
+    from kvtui.core.run.scoring import Collector
 
-    c = _Collector("f16", others=2)
+    c = Collector("f16", others=2)
     p = pos({1: 0.5, 2: 0.3}, actual=2, p_actual=0.3)
     q = pos({1: 0.4, 2: 0.4}, actual=2, p_actual=0.4)
     c.add("q8_0", 0, q)  # ahead of the base: waits

@@ -21,6 +21,7 @@ from kvtui.core.events import RequestSent, RunFinished, SessionFinished, SideFin
 from kvtui.core.logs.provenance import parse_ran_with
 from kvtui.core.quality.checks import check_text
 from kvtui.core.quality.fairness import Fairness
+from kvtui.core.quality.kld import SideScore
 from kvtui.core.quality.loops import Loop
 from kvtui.core.quality.templates import TemplateRepeat
 from kvtui.core.record.accumulator import RunAccumulator
@@ -33,6 +34,7 @@ from kvtui.core.record.model import (
     Model,
     ReplyLoop,
     Run,
+    Scoring,
     Server,
     SessionRecord,
     Side,
@@ -86,7 +88,11 @@ def full_record() -> SessionRecord:
         comparisons=[Comparison("q8_0", "q4_0", "p", 1, False, 2, 0.5, 0.25, 0.9, 0.01, 5, 3)],
         fairness=[Fairness("q8_0", "q4_0", ("rotation differs: K+V vs off",))],
         verdicts=[Verdict("q8_0", "q4_0", "tg", 6, 6, 0, 0.03125, 4.5, True, "sign test",
-                          "not comparable: rotation differs: K+V vs off")])
+                          "not comparable: rotation differs: K+V vs off")],
+        scoring=Scoring("aborted", "q8_0", 1000, 256, ("p",), 40, ("q4_0",), ("q5_0: its server crashed",), t_start=3.0,
+                        t_end=9.5, seconds=6.5, error="stopped before it finished"),
+        scores=[SideScore("q4_0", "q8_0", 30, 1000, 0.06, 0.009, 0.011, 0.22, 0.33, 0.44, 0.73, 0.77, 97.5, 1.2,
+                          0.002, 11.3, 1.2, -3.0, 0.9, 0.05, 0.02, 1.05, 0.02, 1.28, 1.22)])
 
 
 def test_round_trip_keeps_every_key(tmp_path: Path) -> None:

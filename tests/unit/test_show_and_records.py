@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,10 @@ def test_run_from_record_repeats_the_profile() -> None:
     profile, _ = profile_from_record(SESSIONS / "demo.toml")
     demo = load_profile(REPO / "profiles" / "demo.toml")
     assert profile.sides == demo.sides and profile.prompt == demo.prompt and profile.sampling == demo.sampling
-    assert profile.ctx_size == demo.ctx_size and profile.run == demo.run
+    assert profile.ctx_size == demo.ctx_size
+    # the record predates [run] score and score_positions: it takes their defaults, the demo scores 64 positions
+    assert profile.run.score and profile.run.score_positions == 256
+    assert replace(profile.run, score_positions=demo.run.score_positions) == demo.run
     assert profile.model.endswith(".gguf")  # the model as it was resolved for the run
 
 

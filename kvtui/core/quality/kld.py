@@ -34,6 +34,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kvtui.core.record.tomlmodel import key
+
 # Masses below this are float32 rounding of the server's softmax (it normalises 32-bit floats over the whole
 # vocabulary): a bucket whose other-side mass comes out smaller is given this much, the largest mass rounding
 # could have hidden, so the bound stays a lower bound.
@@ -192,34 +194,36 @@ class SideScore:
     KLD figures are lower bounds (see the module docstring); ``unresolved_mean``
     is the mean base probability outside the tokens known on both sides.
     Percent figures are percents. Figures that need the actual next token are
-    None when it was not known.
+    None when it was not known. ``kvtui score --json`` prints these keys, and a
+    session record keeps them as ``[[scores]]``.
     """
 
-    side: str
-    base: str
-    positions: int
-    top_k: int
-    kld_mean: float
-    kld_mean_unc: float
-    kld_median: float
-    kld_p90: float
-    kld_p95: float
-    kld_p99: float
-    kld_p999: float
-    kld_max: float
-    same_top_pct: float
-    same_top_pct_unc: float
-    unresolved_mean: float
-    rms_dp_pct: float | None = None
-    rms_dp_pct_unc: float | None = None
-    mean_dp_pct: float | None = None
-    mean_dp_pct_unc: float | None = None
-    ln_ppl_ratio: float | None = None
-    ln_ppl_ratio_unc: float | None = None
-    ppl_ratio: float | None = None
-    ppl_ratio_unc: float | None = None
-    ppl: float | None = None
-    ppl_base: float | None = None
+    side: str = key("the side scored")
+    base: str = key("the side it is compared with: the f16 side, else the first")
+    positions: int = key("positions scored: the distributions compared")
+    top_k: int = key("`n_probs` per position; beyond the top-K the KLD is a lower bound")
+    kld_mean: float = key("mean KL divergence KL(base ‖ side), nats (a lower bound: exact on the tokens both "
+                          "sides listed)")
+    kld_mean_unc: float = key("its standard error")
+    kld_median: float = key("median KLD")
+    kld_p90: float = key("90th percentile of the KLD")
+    kld_p95: float = key("95th percentile")
+    kld_p99: float = key("99th percentile")
+    kld_p999: float = key("99.9th percentile")
+    kld_max: float = key("the largest KLD of a position")
+    same_top_pct: float = key("positions whose most likely token is the same on both sides, %")
+    same_top_pct_unc: float = key("its standard error, %")
+    unresolved_mean: float = key("mean base probability beyond the tokens both sides listed (counted as buckets)")
+    rms_dp_pct: float | None = key("RMS of delta-p, the change in probability of the actual next token, %", None)
+    rms_dp_pct_unc: float | None = key("its standard error", None)
+    mean_dp_pct: float | None = key("mean delta-p, %", None)
+    mean_dp_pct_unc: float | None = key("its standard error", None)
+    ln_ppl_ratio: float | None = key("mean ln(PPL(side) / PPL(base)) over the actual tokens", None)
+    ln_ppl_ratio_unc: float | None = key("its standard error (with the covariance of the two)", None)
+    ppl_ratio: float | None = key("PPL(side) / PPL(base)", None)
+    ppl_ratio_unc: float | None = key("its standard error", None)
+    ppl: float | None = key("the side's perplexity of the actual tokens", None)
+    ppl_base: float | None = key("the base's", None)
 
     def to_dict(self) -> dict[str, object]:
         """The figures as JSON/TOML-ready data (None fields left out: TOML has no null)."""
@@ -230,6 +234,10 @@ class SideScore:
                 continue
             out[name] = round(value, 6) if isinstance(value, float) else value
         return out
+
+    def rounded(self) -> SideScore:
+        """The same figures at the precision ``to_dict`` prints (what a record keeps)."""
+        return SideScore(**self.to_dict())  # type: ignore[arg-type]
 
 
 def summarize(stats: Sequence[PositionStat], *, side: str, base: str, top_k: int) -> SideScore:

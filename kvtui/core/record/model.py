@@ -28,6 +28,7 @@ from kvtui.core.errors import RecordError
 from kvtui.core.logs.provenance import RanWith
 from kvtui.core.quality.checks import TaskCheck
 from kvtui.core.quality.fairness import Fairness
+from kvtui.core.quality.kld import SideScore
 from kvtui.core.quality.loops import Loop
 from kvtui.core.quality.templates import TemplateRepeat
 from kvtui.core.record.tomlmodel import dump, key, load, markdown_table
@@ -266,6 +267,29 @@ class Verdict:
     test: str = key("`sign test` or `McNemar exact`", "")
 
 
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """The base side's generations, teacher-forced on every side's own server once generation ended."""
+
+    status: Literal["running", "done", "aborted", "failed", "skipped"] = key(
+        "`done`; `aborted` (a key or a quit stopped it: the scores cover the positions scored until then); "
+        "`failed` (a server stopped answering: likewise); `skipped` (nothing to score, see `error`); `running` "
+        "(kvtui ended first)")
+    base: str = key("the side every other side is compared with: the f16 side, else the first")
+    top_k: int = key("`n_probs` per position", 0)
+    positions_cap: int = key("the profile's `score_positions`: at most this many positions per side, shared "
+                             "among the prompts (0: no cap)", 0)
+    prompts: tuple[str, ...] = key("the prompts whose base generation was scored (the base's first run of each)", ())
+    positions: int = key("positions to score per side: each of those generations, up to its share of the cap", 0)
+    sides: tuple[str, ...] = key("the sides scored against the base (the base itself is scored too: it is the "
+                                 "reference)", ())
+    not_scored: tuple[str, ...] = key("sides left out, each with why (`q4_0: its server crashed`)", ())
+    t_start: float | None = key("scoring began, seconds since the session started", None)
+    t_end: float | None = key("it ended (in a sequential plan the other sides generate in between)", None)
+    seconds: float | None = key("time spent scoring", None)
+    error: str | None = key("why it stopped early, or why nothing was scored", None)
+
+
 @dataclass(slots=True)
 class SessionRecord:
     """A whole session: what ran, where, how, and every run of every side."""
@@ -295,6 +319,10 @@ class SessionRecord:
     comparisons: list[Comparison] = key("divergence: per other side, prompt and repeat, against side 0",
                                         factory=list)
     verdicts: list[Verdict] = key("paired tests: per other side and measure, against side 0", factory=list)
+    scoring: Scoring | None = key("how the base's generations were scored once generation ended (absent with "
+                                  "`score = false`)", None)
+    scores: list[SideScore] = key("per other side: its teacher-forced figures against the base on the base's "
+                                  "generations, as `kvtui score --json` prints them", factory=list)
 
     def to_toml(self) -> dict[str, Any]:
         """The record as TOML-ready data."""

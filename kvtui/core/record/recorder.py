@@ -27,6 +27,8 @@ from kvtui.core.events import (
     ReplyLoopDetected,
     RequestSent,
     RunFinished,
+    ScoreReady,
+    ScoringStarted,
     ServerExited,
     ServerReady,
     ServerStarting,
@@ -195,6 +197,10 @@ class SessionRecorder:
                 if rec.status != SessionStatus.RUNNING:  # a rerun after the session finished
                     rec.status = session_status([s.status for s in rec.sides])
                     self._derive()
+            case ScoringStarted():
+                rec.scoring = event.scoring
+            case ScoreReady():
+                rec.scoring, rec.scores = event.scoring, list(event.scores)
             case SessionFinished():
                 rec.status = _worst(SessionStatus(event.status), session_status([s.status for s in rec.sides]))
                 rec.duration_s = round(event.t, 2)
@@ -254,6 +260,8 @@ class SessionRecorder:
         for s in rec.sides:
             if s.status not in ENDED:
                 s.status, changed = SideStatus.ABORTED, True
+        if rec.scoring is not None and rec.scoring.status == "running":
+            rec.scoring = replace(rec.scoring, status="aborted", error="kvtui ended before scoring finished")
         if rec.status == SessionStatus.RUNNING:
             rec.status = _worst(SessionStatus(status), session_status([s.status for s in rec.sides]))
         elif changed:

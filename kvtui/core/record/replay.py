@@ -25,6 +25,8 @@ from kvtui.core.events import (
     ReplyLoopDetected,
     RequestSent,
     RunFinished,
+    ScoreReady,
+    ScoringStarted,
     ServerExited,
     ServerReady,
     ServerStarting,
@@ -44,7 +46,8 @@ from kvtui.core.vocab import SessionStatus
 
 _ORDER = {SessionStarted: 0, ServerStarting: 1, ServerReady: 2, WarmupDone: 3, TurnStarted: 3.5, RequestSent: 4,
           MemorySampled: 5, TokenReceived: 6, LoopDetected: 7, PatternDetected: 7, ReplyLoopDetected: 7.5,
-          RunFinished: 8, ErrorRaised: 9, ServerExited: 10, SideFinished: 11, SessionFinished: 12}
+          RunFinished: 8, ErrorRaised: 9, ServerExited: 10, SideFinished: 11, ScoringStarted: 12, ScoreReady: 13,
+          SessionFinished: 14}
 
 
 def _run_events(i: int, run: Run) -> list[Event]:
@@ -76,6 +79,18 @@ def _run_events(i: int, run: Run) -> list[Event]:
                 out.append(LoopDetected(t, i, run.run, found.period, found.start, found.repeats, found.text))
     out.append(RunFinished(t_end, i, replace(run, ids=ids, counts=counts)))
     return out
+
+
+def _scoring_events(record: SessionRecord, end: float) -> list[Event]:
+    """The scoring as it started and as it ended (its progress is not recorded)."""
+    scoring = record.scoring
+    if scoring is None:
+        return []
+    t_end = scoring.t_end if scoring.t_end is not None else end
+    t_start = scoring.t_start if scoring.t_start is not None else t_end
+    started = replace(scoring, status="running", t_end=None, seconds=None, error=None)
+    ready = ScoreReady(t_end, scoring, tuple(record.scores))
+    return [ready] if scoring.status == "skipped" else [ScoringStarted(t_start, started), ready]
 
 
 def record_events(record: SessionRecord) -> list[Event]:
@@ -129,6 +144,9 @@ def record_events(record: SessionRecord) -> list[Event]:
             events.append(ServerExited(t_fin, i, s.exit_code, expected=False, log_tail=s.log_tail))
         events.append(SideFinished(t_fin, i, s.status))
         end = max(end, t_fin)
+    scoring = _scoring_events(record, end)
+    events += scoring
+    end = max([end, *(e.t for e in scoring)])
     status = record.status if record.status != SessionStatus.RUNNING else SessionStatus.ABORTED
     events.append(SessionFinished(end, status))
     events.sort(key=lambda e: (e.t, _ORDER.get(type(e), 99)))

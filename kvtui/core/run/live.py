@@ -47,7 +47,10 @@ class LiveSession:
         return getattr(self.prepared.probe, "source", None)
 
     def finalize(self, status: str = "aborted") -> None:
-        """Mark the record cut short (a signal, a quit mid-run) and save it; runs still streaming are kept."""
+        """Mark the record cut short (a signal, a quit mid-run) and save it; runs still streaming are kept, and so
+        are the figures of a scoring cut short."""
+        if self.runner is not None:
+            self.runner.scoring.end("aborted", "kvtui ended before scoring finished")
         self.recorder.finalize_partial(status)
 
     def emit(self, event: Event) -> None:

@@ -7,7 +7,7 @@ starts: the profile, the paths, and whether the record can be written.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kvtui.core.errors import KvtuiError
@@ -48,19 +48,22 @@ def check_writable(path: Path) -> None:
 
 def prepare(profile: Profile | str | Path, *, model: str | None = None, server_bin: str | None = None,
             mode: str | None = None, vram_budget_mib: float | None = None, record: str | None = None,
-            no_record: bool = False, allow_remote: bool = False, force: bool = False) -> Prepared:
+            no_record: bool = False, allow_remote: bool = False, force: bool = False,
+            no_score: bool = False) -> Prepared:
     """Validate everything and build the plan.
 
     ``allow_remote`` accepts extra_args that make a server listen beyond
     127.0.0.1 (``--host 0.0.0.0``), and sides attached to servers on other
     machines; without it such a profile is refused. Attached sides are asked
     for /props now: sides that serve different models or contexts are refused
-    unless ``force``.
+    unless ``force``. ``no_score`` turns the profile's ``run.score`` off.
 
     Raises:
         KvtuiError: bad profile, missing model or binary, unwritable record.
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    if no_score and prof.run.score:
+        prof = replace(prof, run=replace(prof.run, score=False))
     check_remote(prof, allow_remote)
     if mode is not None and mode not in ("auto", "parallel", "sequential"):
         raise KvtuiError(f"--mode {mode} is not allowed", "use auto, parallel or sequential")

@@ -2,11 +2,13 @@
 
 Every consumer gets the same events through ``sink``. The runner owns the
 servers (``kvtui.core.run.servers``): it starts them, warms them up, measures,
-samples their memory, and stops them whatever happens (``aclose``). A side
+samples their memory, scores the base side's generations on them once
+generation ends (:mod:`kvtui.core.run.gen_scoring`, unless the profile says
+``score = false``), and stops them whatever happens (``aclose``). A side
 that fails does not stop the others; data already gathered is always emitted.
 It measures a profile's prompts, or, given a ``TurnSource`` (a profile's
 conversation, ``kvtui mirror``'s agent), a conversation turn by turn
-(``kvtui.core.run.converse``).
+(``kvtui.core.run.converse``; conversations are not scored).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from kvtui.core.quality.checks import check_text
 from kvtui.core.record.accumulator import RunAccumulator
 from kvtui.core.record.model import Run
 from kvtui.core.run.converse import converse
+from kvtui.core.run.gen_scoring import GenerationScoring
 from kvtui.core.run.plan import Plan
 from kvtui.core.run.request import RequestContext, post_request, stream_request
 from kvtui.core.run.sampling import sample_memory
@@ -79,6 +82,8 @@ class Runner(ServerControl):
         self._starts: dict[int, int] = {}
         conversation = plan.profile.conversation
         self.source = source if source is not None or conversation is None else ProfileTurns(conversation)
+        self._runs: dict[int, list[Run]] = {}  # every side's runs as emitted (the base's are scored)
+        self.scoring = GenerationScoring(plan, self.emit, self.now)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -90,7 +95,10 @@ class Runner(ServerControl):
         self.sink(event)
 
     def abort(self, side: int | None = None) -> None:
-        """Stop a side's generation now (closing its stream); None aborts every side."""
+        """Stop a side's generation now (closing its stream); None aborts every side. While the base's generations
+        are scored, None or a side that has finished stops the scoring."""
+        if self.scoring.running and (side is None or self.status.get(side) in ("done", "crashed", "error", "aborted")):
+            self.scoring.abort()  # a finished side's abort key stops the scoring; its figures so far are kept
         targets = range(len(self.plan.sides)) if side is None else [side]
         for i in targets:
             if self.status.get(i) in ("done", "crashed", "error", "aborted"):
@@ -119,20 +127,28 @@ class Runner(ServerControl):
         for i in sides:
             self._aborted.discard(i)
             self.status[i] = "waiting"
+        # a rerun of some sides is not scored, nor a conversation (its turns are not one prompt each)
+        score = only is None and self.scoring.enabled and self.source is None
         sampler = asyncio.create_task(self._sample_memory())
         try:
             async with client.http_client() as http:
                 self._http = http
                 if p.mode == "sequential" or len(sides) == 1:
+                    sides = self.scoring.order(sides) if score else sides  # the base first: see GenerationScoring
                     for i in sides[1:]:
                         self.emit(SideWaiting(self.now(), i, "sequential: " + p.mode_reason))
                     for i in sides:
                         if await self._bring_up([i]):
                             await (self._measure_side(i) if self.source is None else converse(self, [i]))
+                        if score:
+                            await self._score([i])  # while its server is up
                         await self._stop(i)
                 else:
                     up = await self._bring_up(sides)
                     await (self._measure_all(up) if self.source is None else converse(self, up))
+                    if score:
+                        await self._score(up)
+                self.scoring.end()
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -142,6 +158,15 @@ class Runner(ServerControl):
         if only is None:
             self.emit(SessionFinished(self.now(), final))
         return final
+
+    async def _score(self, sides: list[int]) -> None:
+        """Score the base's generations on these sides' running servers (planned with the first call)."""
+        assert self._http is not None
+        if self.scoring.scoring is None and not await self.scoring.begin(
+                self._http, self.servers.get(self.scoring.base_index), self.status,  # type: ignore[arg-type]
+                self._runs.get(self.scoring.base_index, [])):
+            return
+        await self.scoring.score(self._http, self.servers, self.status, sides)
 
     async def aclose(self) -> None:
         """Stop every server this runner started (safe to call more than once)."""
@@ -292,6 +317,7 @@ class Runner(ServerControl):
                          check=check_text(acc.text, expected=expected or None, regex=regex or None))
         if adjust is not None:
             run = adjust(run)
+        self._runs.setdefault(i, []).append(run)
         self.emit(RunFinished(t, i, run))
         return run
 

@@ -110,7 +110,7 @@ def choose_base(sides: Sequence[tuple[str, str, str]], wanted: str | None = None
     return names[0]
 
 
-class _Collector:
+class Collector:
     """Compares every side's positions with the base's as they arrive.
 
     The base's positions are kept (compactly: 4-byte ids and float32
@@ -139,6 +139,11 @@ class _Collector:
         else:
             self.pending.setdefault(name, {})[index] = pos
 
+    def scores(self, top_k: int) -> dict[str, SideScore]:
+        """Every side compared so far against the base (sides with no position compared yet left out)."""
+        return {name: summarize(stats, side=name, base=self.base, top_k=top_k)
+                for name, stats in self.stats.items() if stats}
+
     def _compare(self, name: str, index: int, pos: Position) -> None:
         self.stats.setdefault(name, []).append(compare_position(self.base_positions[index], pos))
         self.uses[index] = self.uses.get(index, 0) + 1
@@ -166,20 +171,24 @@ async def score_endpoints(http: httpx.AsyncClient, endpoints: Sequence[Endpoint]
     if base not in {e.name for e in endpoints}:
         raise ValueError(f"base {base!r} is not one of the endpoints")
     total = sum(s.positions for s in segments)
-    collector = _Collector(base, len(endpoints) - 1)
+    collector = Collector(base, len(endpoints) - 1)
     limit = asyncio.Semaphore(concurrency or len(endpoints))
 
     async def run(endpoint: Endpoint) -> None:
         async with limit:
-            await _score_one(Teacher(http, endpoint, top_k), segments, collector, total, progress)
+            teacher = Teacher(http, endpoint, top_k)
+            try:
+                await score_side(teacher, segments, collector, total, progress)
+            finally:
+                await teacher.aclose()
 
     await _gather_or_cancel([run(e) for e in sorted(endpoints, key=lambda e: e.name != base)])
-    return {name: summarize(stats, side=name, base=base, top_k=top_k)
-            for name, stats in collector.stats.items()}
+    return collector.scores(top_k)
 
 
-async def _score_one(teacher: Teacher, segments: Sequence[Segment], collector: _Collector, total: int,
+async def score_side(teacher: Teacher, segments: Sequence[Segment], collector: Collector, total: int,
                      progress: Progress | None) -> None:
+    """Teacher-force one side over ``segments``, handing each position to ``collector`` as it comes."""
     name = teacher.endpoint.name
     done = 0
     offset = 0
@@ -314,7 +323,7 @@ async def score_text(prepared: Prepared, text: str, settings: ScoreSettings,
 
     lock = asyncio.Lock()
     shared: dict[str, object] = {}
-    collector = _Collector(base, len(jobs) - 1)
+    collector = Collector(base, len(jobs) - 1)
     slots = asyncio.Semaphore(concurrency)
     servers: list[LlamaServer] = []
 
@@ -340,9 +349,12 @@ async def score_text(prepared: Prepared, text: str, settings: ScoreSettings,
                 await srv.start()
                 await srv.wait_ready(http)
                 teacher = Teacher(http, Endpoint(name, srv.base_url, srv.api_key), settings.top_k)
-                segments = await segments_for(teacher)
-                total = sum(s.positions for s in segments)
-                await _score_one(teacher, segments, collector, total, progress)
+                try:
+                    segments = await segments_for(teacher)
+                    total = sum(s.positions for s in segments)
+                    await score_side(teacher, segments, collector, total, progress)
+                finally:
+                    await teacher.aclose()
             except (httpx.HTTPError, KvtuiError) as exc:
                 if srv.proc is not None and srv.proc.returncode is not None:
                     raise srv.failure() from None  # the server died: its log says why
@@ -360,8 +372,7 @@ async def score_text(prepared: Prepared, text: str, settings: ScoreSettings,
         for srv in servers:
             srv.kill_now()
     segments: list[Segment] = shared["segments"]  # type: ignore[assignment]
-    scores = {name: summarize(stats, side=name, base=base, top_k=settings.top_k)
-              for name, stats in collector.stats.items()}
+    scores = collector.scores(settings.top_k)
     noise = scores.pop(base + NOISE_SUFFIX, None)
     kv = {s.name: f"K {s.cache_type_k} / V {s.cache_type_v}" for s in plan.sides}
     return ScoreReport(base=base, top_k=settings.top_k, ctx=settings.ctx, chunks=len(segments),

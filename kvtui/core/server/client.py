@@ -104,6 +104,12 @@ class StreamStalled(KvtuiError):
     """No token arrived for longer than the stall timeout."""
 
 
+def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """A chat prompt's messages: the system message, if any, then the user's."""
+    system = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    return [*system, {"role": "user", "content": prompt.text}]
+
+
 def build_request(prompt: Prompt, sampling: Sampling, *, n_predict: int | None = None,
                   cache_prompt: bool = False, seed: int | None = None,
                   n_probs: int | None = None) -> tuple[str, dict[str, Any]]:
@@ -128,10 +134,7 @@ def build_request(prompt: Prompt, sampling: Sampling, *, n_predict: int | None =
     limit = sampling.n_predict if n_predict is None else n_predict
     probs = sampling.n_probs if n_probs is None else n_probs
     if prompt.endpoint == "chat":
-        messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
-            {"role": "user", "content": prompt.text}
-        ]
-        body = {**common, "messages": messages, "max_tokens": limit, "timings_per_token": True,
+        body = {**common, "messages": chat_messages(prompt), "max_tokens": limit, "timings_per_token": True,
                 "stream_options": {"include_usage": True}}
         if probs:
             body.update(logprobs=True, top_logprobs=probs)
