@@ -3,7 +3,8 @@
 Run ``python benchmarks/loops_bench.py [--tokens N] [--runs R]``. The targets are
 200,000 tokens/s on any input for the verbatim loop detector and 50,000 pieces/s
 for the template detector (five times the 10,000 tokens/s per side the panes keep up
-with; it reads text, not ids, and its cost follows the lexemes in a piece, printed too). Each stream is fed to a fresh detector R times and the best
+with; it reads text, not ids, and its cost follows the lexemes in a piece, printed too). Each stream is
+fed to a fresh detector R times and the best
 run is reported, timed in CPU seconds of this process: a busy machine (the load
 average is printed) only ever makes a run slower.
 """

@@ -13,7 +13,7 @@ from hypothesis import settings
 settings.register_profile("kvtui", derandomize=True, deadline=None)
 settings.load_profile("kvtui")
 
-from kvtui.core.server.locate import ServerBinary, bundled_model, bundled_wheel_runs_here, find_server
+from kvtui.core.server.locate import ServerBinary, bundled_model, bundled_wheel_runs_here, find_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_app_live import wait_for
 
 from kvtui.core.record.recorder import read_record
 from kvtui.core.run.live import LiveSession
@@ -14,8 +15,6 @@ from kvtui.core.view import TURN_MARK
 from kvtui.ui.app import KvtuiApp
 from kvtui.ui.widgets.generation_pane import GenerationPane
 from kvtui.ui.widgets.session_header import SessionHeader
-
-from test_app_live import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "tests" / "data" / "conversations" / "reply-loop.toml"
