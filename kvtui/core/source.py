@@ -25,6 +25,7 @@ class EventSource(Protocol):
     """A producer of the event stream that a front end drives."""
 
     sinks: list[Sink]
+    reruns: bool  # r / R can run sides again (not a replay, not a mirror, whose turns come from the agent)
 
     @property
     def recorder(self) -> SessionRecorder | None:

@@ -23,6 +23,7 @@ class ReplayKeys:
     REPLAY_ACTIONS = frozenset({"pause", "faster", "slower", "restart", "jump_to_end"})
     LIVE_ACTIONS = frozenset({"abort_focused", "abort", "abort_first", "abort_last", "abort_all", "rerun_focused",
                               "rerun_all", "save"})
+    RERUN_ACTIONS = frozenset({"rerun_focused", "rerun_all"})
 
     @property
     def replaying(self) -> bool:
@@ -35,6 +36,8 @@ class ReplayKeys:
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.REPLAY_ACTIONS:
             return self.replaying
+        if action in self.RERUN_ACTIONS:
+            return self.session.reruns  # not in a replay, nor a mirror (its turns come from the agent)
         if action in self.LIVE_ACTIONS:
             return not self.replaying
         return True

@@ -28,6 +28,8 @@ class _Prepared:
 class ScriptedSession:
     """Emits what the test tells it to; ``run()`` lasts until ``finish()`` (or an abort of every side)."""
 
+    reruns = True
+
     def __init__(self, names: tuple[str, ...] = ("q8_0", "q4_0"), *, memory_source: str = "rss",
                  aclose_s: float = 0.0) -> None:
         self.names = names

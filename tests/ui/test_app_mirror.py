@@ -56,6 +56,11 @@ async def test_the_app_shows_each_agent_turn_on_every_side(tmp_path: Path, serve
             assert "turn 1 · Write a Python function that reverses a string." in text
             assert "turn 2 · Add a test." in text
         assert texts[1].count("vs q8_0: ") == 2  # each turn's reply against the primary's
+        notes = len(app._notifications)
+        for key in ("r", "R"):  # an agent's turns cannot be asked again: the keys do nothing, and say nothing
+            await pilot.press(key)
+        assert not any("rerunning" in n.message for n in list(app._notifications)[notes:])
+        assert not app.check_action("rerun_focused", ()) and not app.check_action("rerun_all", ())
         await pilot.press("q")
         await wait_for(pilot, lambda: app.return_code is not None, timeout=60)
     with pytest.raises(httpx.ConnectError):

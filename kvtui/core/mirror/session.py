@@ -56,6 +56,8 @@ class MirrorSession(LiveSession):
         on_ready: called once the sides are up and turns are taken.
     """
 
+    reruns = False  # an agent's turns cannot be asked again
+
     def __init__(self, prepared: Prepared, settings: MirrorSettings,
                  on_listening: Callable[[str], None] | None = None,
                  on_ready: Callable[[], None] | None = None) -> None:

@@ -182,6 +182,8 @@ class Replayer:
             (a frozen moment of the session, for screenshots and snapshot tests).
     """
 
+    reruns = False  # history: nothing to run again
+
     def __init__(self, record: SessionRecord, speed: float = 1.0, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] = asyncio.sleep, stop_at: float | None = None) -> None:
         self.record = record

@@ -27,6 +27,8 @@ class LiveSession:
             has one.
     """
 
+    reruns = True
+
     def __init__(self, prepared: Prepared, source: TurnSource | None = None) -> None:
         self.prepared = prepared
         self.source = source
