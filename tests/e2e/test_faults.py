@@ -679,7 +679,7 @@ def assert_finalized_aborted(record: Path) -> None:
 
 @server
 def test_sigkill_of_kvtui_leaves_no_server(tmp_path: Path, server_binary, no_leftover_servers) -> None:
-    """PR_SET_PDEATHSIG: the servers get SIGTERM when kvtui dies, even by SIGKILL; the last autosave
+    """PR_SET_PDEATHSIG: the servers get SIGKILL when kvtui dies, even by SIGKILL; the last autosave
     (every 3 s) already holds the tokens streamed so far."""
     record = tmp_path / "r.toml"
     profile = write_profile(tmp_path, sampling={"n_predict": 400})

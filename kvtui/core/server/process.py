@@ -104,16 +104,18 @@ def side_env(side: Side) -> tuple[tuple[str, str], ...]:
 
 
 def _set_pdeathsig(parent: int | None = None) -> None:  # runs in the child between fork and exec
-    """SIGTERM this child when kvtui dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
+    """SIGKILL this child when kvtui dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
 
-    The signal follows the *thread* that forked: asyncio spawns from the event
-    loop's thread, which lives as long as kvtui. ``parent`` closes the race
-    where kvtui dies between fork and prctl: then the child is already orphaned
-    and must not go on to exec.
+    SIGKILL, not SIGTERM: with its client gone mid-stream, llama-server's graceful shutdown can hang for
+    good (b10434: `stop: cancel task`, then nothing for 8 minutes, until a second signal), and with kvtui
+    dead nobody sends the SIGKILL that ``stop()`` sends after its grace period. A server has nothing to
+    save; the kernel and the GPU driver free what it held. The signal follows the *thread* that forked:
+    asyncio spawns from the event loop's thread, which lives as long as kvtui. ``parent`` closes the race
+    where kvtui dies between fork and prctl: then the child is already orphaned and must not go on to exec.
     """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
     if parent is not None and os.getppid() != parent:
