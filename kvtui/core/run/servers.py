@@ -53,12 +53,8 @@ class ServerControl:
     _http: httpx.AsyncClient | None
     _starts: dict[int, int]
     source: TurnSource | None
-
-    def now(self) -> float:
-        raise NotImplementedError
-
-    def emit(self, event: Event) -> None:
-        raise NotImplementedError
+    now: Callable[[], float]  # the runner's: seconds since the session started
+    emit: Callable[[Event], None]  # the runner's: one event to every consumer
 
     def _set(self, i: int, status: str) -> None:
         self.status[i] = status
