@@ -13,6 +13,7 @@ parts whose state changed, and the text view repaints only the rows that did.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import psutil
 from textual import work
@@ -38,12 +39,31 @@ from kvtui.ui.widgets.comparison_strip import ComparisonStrip
 from kvtui.ui.widgets.generation_pane import TIMED, GenerationPane
 from kvtui.ui.widgets.session_header import SessionHeader
 
-TEXT_HZ = 4  # frames a second at most while text streams: enough to read along; each frame costs 4-6 ms here
 TEXT_MIN_PIECES = 3  # a text frame waits for this many new pieces in some pane...
 TEXT_MAX_WAIT_S = 0.3  # ...or until text has waited this long (a slow stream paints ~3 times a second)
-FIGURES_MIN_S = 0.35  # figures redraw with text at most this often, and without text at least every
-FIGURES_MAX_S = 0.6  # this often: about twice a second (the current rate looks back 1 s, the sparkline 0.25 s)
-CLOCK_S = 1.0  # load-phase seconds, kvtui's own CPU, and the log lines that move a load phase on
+CLOCK_S = 1.0  # load-phase seconds, and the log lines that move a load phase on
+CPU_S = 5.0  # kvtui's own CPU while the servers run on the CPU: a 5 s average reads steadier, and costs less
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How often the app draws while text streams.
+
+    Args:
+        text_s: seconds between text frames (the frame timer's period).
+        figures_min_s: the figures redraw in a text frame at most this often...
+        figures_max_s: ...and without text at least this often (the current rate looks back 1 s).
+    """
+
+    text_s: float
+    figures_min_s: float
+    figures_max_s: float
+
+
+PACE = Pace(0.25, 0.35, 0.6)  # 4 text frames a second, figures about twice: enough to read along
+# when the servers run on the CPU, every frame is taken from them (2-3 ms of Textual's compositor each, here):
+# text twice a second, figures once (measured by benchmarks/observer.py)
+PACE_SHARED = Pace(0.5, 0.9, 1.0)
 
 
 class Panes(Grid):
@@ -100,6 +120,7 @@ class KvtuiApp(QuitControl, ReplayKeys, SideKeys, App[int]):
         self._figures_now = True  # the next frame redraws the figures whenever they were last drawn
         self._panes: list[GenerationPane] | None = None
         self._clock_last = 0.0
+        self._cpu_last = 0.0  # when kvtui's CPU figure was last taken
         self._text_since: float | None = None  # when the text now waiting was first seen
         self._figures_t = 0.0  # when the figures were last redrawn
         self._session_running = False
@@ -135,7 +156,8 @@ class KvtuiApp(QuitControl, ReplayKeys, SideKeys, App[int]):
         panes = self.panes()
         if panes:
             panes[0].focus()
-        self._frame_timer = self.set_interval(1 / TEXT_HZ, self._frame, pause=True)
+        self._pace = PACE
+        self._frame_timer = self.set_interval(self._pace.text_s, self._frame, pause=True)
         self._clock_timer = self.set_interval(CLOCK_S, self._tick_clock, pause=True)
         self._wake()
         if self.handle_signals:
@@ -192,7 +214,8 @@ class KvtuiApp(QuitControl, ReplayKeys, SideKeys, App[int]):
         with self.batch_update():
             painted = self._flush_text(now)
             since = now - self._figures_t
-            if since >= FIGURES_MAX_S or (painted and since >= FIGURES_MIN_S) or self._figures_now:
+            pace = self._pace
+            if since >= pace.figures_max_s or (painted and since >= pace.figures_min_s) or self._figures_now:
                 self._figures_now = False
                 self._figures_t = now
                 self._refresh_figures()
@@ -298,7 +321,8 @@ class KvtuiApp(QuitControl, ReplayKeys, SideKeys, App[int]):
                 if follower is None or follower.path != s.log_path:
                     follower = self._followers[i] = LogFollower(s.log_path)
                 self.state.note_log(i, follower.read_new(), now)
-        if self._session_running and self._servers_on_cpu():
+        if self._session_running and self._servers_on_cpu() and self._clock_last - self._cpu_last >= CPU_S * 0.9:
+            self._cpu_last = self._clock_last
             self._cpu_text = f"kvtui {self._proc.cpu_percent(None):.1f}% CPU"
             self._refresh_header()
         for pane, s in zip(self.panes(), self.state.sides, strict=False):
@@ -330,11 +354,13 @@ class KvtuiApp(QuitControl, ReplayKeys, SideKeys, App[int]):
     async def start_session(self, side: int | None = None, rerun: bool = False) -> str:
         """Run (or rerun) the session in the app's event loop."""
         self._session_running = True
+        self._set_pace(PACE_SHARED if self._servers_on_cpu() else PACE)
         if self._servers_on_cpu():
             self._measuring_cpu = True
             self._cpu_start = self._cpu_end = None
             self._cpu_text = None
             self._proc.cpu_percent(None)  # the first call starts the measurement
+            self._cpu_last = time.monotonic()
         self._wake()
         try:
             if rerun:
@@ -342,6 +368,14 @@ class KvtuiApp(QuitControl, ReplayKeys, SideKeys, App[int]):
             return await self.session.run()
         finally:
             self._session_running = False
+
+    def _set_pace(self, pace: Pace) -> None:
+        if pace == self._pace:
+            return
+        self._pace = pace
+        awake = self._awake
+        self._frame_timer.stop()
+        self._frame_timer = self.set_interval(pace.text_s, self._frame, pause=not awake)
 
     def focused_side(self) -> int:
         node = self.focused

@@ -104,7 +104,7 @@ def test_autosave_and_partial_finalize(tmp_path: Path) -> None:
 
 
 def test_autosave_paces_itself_by_what_a_save_costs(tmp_path: Path) -> None:
-    """A save that took 0.2 s of CPU waits 20 s for the next (1% of a core), not the usual 3 s."""
+    """A save that took 0.2 s of CPU waits 40 s for the next (0.25% of a core), not the usual 3 s."""
     now, cpu = [0.0], [0.0]
 
     def cpu_clock() -> float:
@@ -119,11 +119,11 @@ def test_autosave_paces_itself_by_what_a_save_costs(tmp_path: Path) -> None:
     now[0] = 3.5
     rec(evs[3])  # the first save, 3 s in as always
     first = path.stat().st_ino  # a save replaces the file: a new inode
-    assert rec.autosave_interval() == pytest.approx(0.1 / AUTOSAVE_COST)  # 10 s
-    now[0] = 3.5 + 9.0
+    assert rec.autosave_interval() == pytest.approx(0.1 / AUTOSAVE_COST)  # 40 s
+    now[0] = 3.5 + 39.0
     rec(evs[4])
-    assert path.stat().st_ino == first  # 9 s later: not yet
-    now[0] = 3.5 + 10.5
+    assert path.stat().st_ino == first  # 39 s later: not yet
+    now[0] = 3.5 + 40.5
     rec(evs[5])
     assert read_record(path).sides[0].runs[0].pieces == ("def",)  # saved again, with what streamed since
 

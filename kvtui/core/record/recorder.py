@@ -56,7 +56,7 @@ from kvtui.core.record.model import (  # noqa: F401 - read_record, write_record 
 from kvtui.core.vocab import ENDED, SessionStatus, SideStatus, session_status
 
 AUTOSAVE_S = 3.0  # at most this long between saves while a session runs...
-AUTOSAVE_COST = 0.01  # ...unless saving would then take more than this share of one core: a long session's
+AUTOSAVE_COST = 0.0025  # ...unless saving would then take more than this share of one core: a long session's
 # record (every piece, its time and id) takes longer to write, and kvtui must not slow the servers it measures
 MEMORY_SERIES_S = 1.0  # one stored memory sample per second per side
 _SEVERITY = {SessionStatus.RUNNING: 0, SessionStatus.DONE: 1, SessionStatus.ABORTED: 2, SessionStatus.FAILED: 3}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Self
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.geometry import Region
 from textual.widgets import Static
 
 from kvtui.core.view import LOAD_PHASES, SideState
@@ -52,6 +54,7 @@ class GenerationPane(Vertical):
         self._shown: SideState | None = None
         self._drawn: tuple[int, int, bool] | None = None  # (version, the reference side's version, narrow) drawn
         self._last: dict[str, object] = {}  # what each part shows now: unchanged parts are not redrawn
+        self._bottom_row_only = False  # set while the status (in the bottom border) changes
 
     @property
     def state(self) -> SideState | None:
@@ -147,7 +150,7 @@ class GenerationPane(Vertical):
         style = STATUS_STYLE.get(SideStatus.LOOPING if looping else s.status, "")
         subtitle = f"[{style}] {status} [/]" if style else f" {status} "
         if self._changed("subtitle", subtitle):
-            self.border_subtitle = subtitle
+            self._set_status(subtitle)
         # once a run ends: the server's own rate, or kvtui's (marked) when the server sent none (aborted, loop)
         own = s.stop is not None and s.predicted_per_second is None
         final = None
@@ -176,6 +179,23 @@ class GenerationPane(Vertical):
         }
         if self._changed("classes", tuple(classes.values())):
             self.update_classes(classes)
+
+    def _set_status(self, markup: str) -> None:
+        """Show the status in the bottom border, repainting that row alone: a loop's count rises with every
+        cycle, and repainting the whole pane (its text too) for it cost more than all the streaming text."""
+        self._bottom_row_only = True
+        try:
+            self.border_subtitle = markup
+        finally:
+            self._bottom_row_only = False
+
+    def refresh(self, *regions: Region, repaint: bool = True, layout: bool = False,
+                recompose: bool = False) -> Self:
+        if self._bottom_row_only and not regions and not layout and not recompose and self.outer_size.height:
+            width, height = self.outer_size
+            dx, dy = self.content_offset  # a region is given relative to the content; the border lies outside it
+            regions = (Region(-dx, height - 1 - dy, width, 1),)
+        return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
 
     def _changed(self, key: str, value: object) -> bool:
         if self._last.get(key, self) == value:
