@@ -25,7 +25,7 @@ from kvtui.core.events import (
 from kvtui.core.record.model import Run
 from kvtui.core.record.recorder import read_record
 from kvtui.core.record.replay import Replayer
-from kvtui.ui.app import KvtuiApp
+from kvtui.ui.app import PACE, PACE_SHARED, KvtuiApp
 from kvtui.ui.screens.server_log import ServerLogScreen
 
 SESSIONS = Path(__file__).resolve().parents[1] / "data" / "sessions"
@@ -93,6 +93,7 @@ async def test_the_header_shows_kvtuis_own_cpu_when_servers_run_on_the_cpu() -> 
     async with app.run_test(size=(120, 40)) as pilot:
         session.emit(session.started_event(), RequestSent(0.1, 0, 0), TokenReceived(0.2, 0, 0, 1, "x", 1))
         await wait_until(pilot, lambda: re.search(r"\n.*kvtui \d+\.\d% CPU$", app._header.render().plain))
+        assert app._pace == PACE_SHARED  # the servers share kvtui's CPU: fewer frames
         session.emit(RunFinished(0.9, 0, Run(0, "eos", text="x")), SessionFinished(1.0, "done"))
         session.finish()
         # the average covers the generation (first request to last run), not the servers' start-up
@@ -107,6 +108,7 @@ async def test_no_cpu_figure_on_a_gpu_or_in_a_replay() -> None:
                 session.emit(session.started_event())
             await pilot.pause(1.5)
             assert "% CPU" not in app._header.render().plain
+            assert app._pace == PACE
 
 
 def process_cpu() -> float:
@@ -125,3 +127,26 @@ async def test_finished_panes_cost_next_to_no_cpu() -> None:
         await asyncio.sleep(3.0)
         share = (process_cpu() - cpu0) / (time.monotonic() - wall0)
     assert share < 0.005, f"the finished app used {share:.1%} of a core"
+
+
+async def test_a_status_change_repaints_the_border_row_only() -> None:
+    """A loop's count rises with every cycle: the status line (the pane's bottom border) must not repaint the
+    pane's text each time, as it did when it cost more than all the streaming text."""
+    app = KvtuiApp(Replayer(read_record(SESSIONS / "demo.toml"), speed=50))
+    async with app.run_test(size=(150, 42)) as pilot:
+        await app.workers.wait_for_complete()
+        app.draw_now()
+        await pilot.pause(0.5)
+        pane = app.panes()[1]
+        painted: list[object] = []  # what the compositor asks the text (and the gauge) to paint
+        for widget in (pane.view, pane.gauge):
+            paint = widget.render_lines
+            widget.render_lines = lambda crop, paint=paint: painted.append(crop) or paint(crop)  # type: ignore
+        updates: list = []  # what goes to the terminal (Textual's ChopsUpdate: spans of (y, x1, x2) and text)
+        display = app._display
+        app._display = lambda screen, update: updates.append(update) or display(screen, update)  # type: ignore
+        pane._set_status(" LOOP 11-token cycle ×99 ")
+        await pilot.pause(0.3)
+        assert painted == []
+        assert {span[0] for u in updates for span in u.spans} == {pane.region.bottom - 1}  # the border row only
+        assert "×99" in "".join(u.render_segments(app.console) for u in updates)
