@@ -48,6 +48,21 @@ def test_a_speculative_side_is_refused_before_any_server_starts(tmp_path: Path, 
     assert "Traceback" not in proc.stderr
 
 
+def test_an_attached_side_is_refused_before_any_server_starts(tmp_path: Path, server_binary,
+                                                              no_leftover_servers) -> None:
+    """kvtui score starts each side's server with -c set to its chunk length: it cannot score a server that runs
+    already, and says where that is done (a run's own scoring). Nothing is started, no URL is contacted."""
+    profile = tmp_path / "attached.toml"
+    profile.write_text('name = "att"\n[model]\npath = "bundled"\n[[sides]]\nname = "f16"\ncache_type_k = "f16"\n'
+                       'cache_type_v = "f16"\n[[sides]]\nname = "q8_0 there"\ncache_type_k = "q8_0"\n'
+                       'cache_type_v = "q8_0"\nurl = "http://127.0.0.1:9"\n[prompt]\ntext = "hi"\n')
+    proc = subprocess.run([sys.executable, "-m", "kvtui", "score", str(profile), "--text", str(TEXT),
+                           "--server-bin", str(server_binary.path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "kvtui score starts its own servers, and q8_0 there is attached" in proc.stderr
+    assert "kvtui: fix:" in proc.stderr and "kvtui run" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_scoring_a_generation_through_running_servers(tmp_path: Path, server_binary, model_path,
                                                        no_leftover_servers) -> None:
     """The API a normal run uses once generation ends: running servers, one prompt + generation segment."""

@@ -285,6 +285,12 @@ def prepare_scoring(profile: str | Path | Profile, settings: ScoreSettings, *, m
         KvtuiError: a bad profile or path, or a side that would decode speculatively.
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    attached = [side.name for side in prof.sides if side.attached]
+    if attached:  # kvtui score starts every side's server itself, with -c set to the chunk length
+        raise KvtuiError(f"kvtui score starts its own servers, and {', '.join(attached)} "
+                         f"{'is' if len(attached) == 1 else 'are'} attached (url = ...)",
+                         "score a profile whose servers kvtui starts, or let `kvtui run` score the attached servers "
+                         "after generation ([run] score, on by default)")
     prof = replace(prof, ctx_size=settings.ctx)
     prepared = prepare(prof, model=model, server_bin=server_bin, no_record=True)
     env = prepared.plan.binary.launch_env()
