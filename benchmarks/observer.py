@@ -20,7 +20,7 @@ figure: a real recorded session, paced to a steady rate per side, replayed in th
 and headless (which draws nothing), alternated; the difference is the price of drawing.
 
 Usage: python benchmarks/observer.py [--rounds 3] [--n-predict 600] [--size 160x45] [--out DIR]
-       python benchmarks/observer.py --ui-only 10,30,50 [--rounds 3] [--size 160x45]
+       python benchmarks/observer.py --ui-only 10,30,50 [--rounds 3] [--size 160x45] [--sides 3]
 """
 
 from __future__ import annotations
@@ -252,10 +252,11 @@ def run_bare(profile_path: Path, folder: Path) -> dict:
     return {"cpu_pct": trace.share(start, end), "tg": [r["tg"] for r in runs], "window_s": end - start}
 
 
-def paced_record(rate: float, tokens: int, folder: Path) -> tuple[Path, float, float]:
+def paced_record(rate: float, tokens: int, folder: Path, n_sides: int = 2) -> tuple[Path, float, float]:
     """A real recorded demo session (tests/data/sessions/demo.toml) stretched to ``tokens`` pieces per side
-    arriving at ``rate`` a second: its text repeated, token ids made distinct (no loop). Returns the record and
-    the span (record seconds) in which both sides stream."""
+    arriving at ``rate`` a second: its text repeated, token ids made distinct (no loop); ``n_sides`` panes (its
+    two sides repeated under new names). Returns the record and the span (record seconds) in which all sides
+    stream."""
     from dataclasses import replace
 
     from kvtui.core.record.recorder import write_record
@@ -274,10 +275,12 @@ def paced_record(rate: float, tokens: int, folder: Path) -> tuple[Path, float, f
         memory_t = [t0 + k for k in range(int(t_end - t0))]
         sides.append(replace(side, runs=[run], memory_t=type(side.memory_t)(memory_t),
                              memory_mib=type(side.memory_mib)([side.memory_mib[0]] * len(memory_t))))
+    two = sides
+    sides = [replace(two[k % 2], name=two[k % 2].name + (f" #{k // 2 + 1}" if k >= 2 else "")) for k in range(n_sides)]
     runs = [s.runs[0] for s in sides]
     record = replace(record, sides=sides, duration_s=max(r.t_end or 0.0 for r in runs) + 0.5, comparisons=[],
                      verdicts=[])
-    path = folder / f"paced-{rate:g}.toml"
+    path = folder / f"paced-{rate:g}-{n_sides}.toml"
     write_record(path, record)
     return path, max(r.t_sent or 0.0 for r in runs) + 0.5, min(r.t_end or 0.0 for r in runs)
 
@@ -306,14 +309,14 @@ def replay_cpu(record: Path, span: tuple[float, float], size: tuple[int, int] | 
     return share if share is not None else float("nan")
 
 
-def ui_only(rates: list[float], rounds: int, size: tuple[int, int], folder: Path) -> None:
+def ui_only(rates: list[float], rounds: int, size: tuple[int, int], folder: Path, n_sides: int = 2) -> None:
     """The app's own cost, without servers in the way: a paced replay in a terminal against the same replay
     headless (which draws nothing), alternated."""
-    print(f"\nthe app's own cost: a recorded session replayed at a steady rate, in a {size[0]}x{size[1]} "
-          "terminal and headless")
+    print(f"\nthe app's own cost: a recorded session replayed at a steady rate, {n_sides} panes in a "
+          f"{size[0]}x{size[1]} terminal and headless")
     print(f"{'tok/s per side':>15} {'app CPU %':>10} {'headless CPU %':>15} {'the app draws':>14}")
     for rate in rates:
-        record, *span = paced_record(rate, int(rate * 30) + 20, folder)
+        record, *span = paced_record(rate, int(rate * 30) + 20, folder, n_sides)
         app, headless = [], []
         for _ in range(rounds):
             app.append(replay_cpu(record, tuple(span), size))  # type: ignore[arg-type]
@@ -331,6 +334,7 @@ def main() -> None:
     ap.add_argument("--out", default="", help="keep records and results here (default: a temporary folder)")
     ap.add_argument("--ui-only", default="", metavar="RATES",
                     help="instead: the app's own cost at these tok/s per side (e.g. 10,30,50), on paced replays")
+    ap.add_argument("--sides", type=int, default=2, help="with --ui-only: panes in the replay (default 2)")
     args = ap.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="kvtui-observer-"))
@@ -340,7 +344,8 @@ def main() -> None:
     print(f"kvtui observer effect, {date.today()}, {cpu}, {psutil.cpu_count()} cores; "
           f"load {os.getloadavg()[0]:.1f}")
     if args.ui_only:
-        ui_only([float(r) for r in args.ui_only.split(",")], args.rounds, size, folder)  # type: ignore[arg-type]
+        ui_only([float(r) for r in args.ui_only.split(",")], args.rounds, size, folder,  # type: ignore[arg-type]
+                args.sides)
         return
     profile = make_profile(args.n_predict, folder)
     print(f"demo profile, n_predict={args.n_predict}, the app in a {args.size} terminal")
