@@ -63,14 +63,16 @@ class RanWith:
                                          "(`llama_kv_cache: Vulkan0 KV buffer size = 39.00 MiB`)", ())
     model_buffers: tuple[Buffer, ...] = key("the model weights' buffers per device (`load_tensors:`)", ())
     compute_buffers: tuple[Buffer, ...] = key("the compute buffers per device (`sched_reserve:`)", ())
-    attn_rot_k: bool | None = key("the K cache is rotated (`attn_rot_k = 1`; Hadamard rotation of a quantized "
-                                  "cache, llama.cpp since April 2026)", None)
-    attn_rot_v: bool | None = key("the V cache is rotated (`attn_rot_v = 1`)", None)
+    attn_rot_k: bool | None = key("the K cache is rotated (b10434: `attn_rot_k = 1`; b11434: `n_rot_k = 256`, the "
+                                  "Hadamard block's size; rotation of a quantized cache, llama.cpp since April 2026)",
+                                  None)
+    attn_rot_v: bool | None = key("the V cache is rotated (`attn_rot_v = 1`, or `n_rot_v` above 0)", None)
     rotation_disabled: bool = key("kvtui started it with `LLAMA_ATTN_ROT_DISABLE=1` (`attn_rotation = \"off\"`)",
                                   False)
     flash_attn: str | None = key("flash attention as the log says: `enabled`, `disabled`, `auto`", None)
-    graph_splits: int | None = key("`sched_reserve: graph splits = N`: more splits than another side means some "
-                                   "op runs on another backend there", None)
+    graph_splits: int | None = key("`sched_reserve: graph splits = N` (b11434: `graph: nodes = ..., splits = N`, the "
+                                   "larger of pp / tg): more splits than another side means some op runs on another "
+                                   "backend there", None)
     n_ctx: int | None = key("the context the log says it allocated (`llama_context: n_ctx`)", None)
     n_threads: int | None = key("CPU threads (`system_info: n_threads`)", None)
     layers_offloaded: str | None = key("`offloaded N/M layers to GPU`, as `N/M`", None)
