@@ -14,6 +14,15 @@ TEXT = REPO / "benchmarks" / "data" / "lighthouse.txt"
 pytestmark = pytest.mark.server
 
 
+def score_refused(tmp_path: Path, server_binary, second_side: str) -> subprocess.CompletedProcess[str]:
+    """`kvtui score` on an f16 side and a second side that it must refuse before any server starts."""
+    profile = tmp_path / "refused.toml"
+    profile.write_text('name = "refused"\n[model]\npath = "bundled"\n[[sides]]\nname = "f16"\ncache_type_k = "f16"\n'
+                       'cache_type_v = "f16"\n[[sides]]\n' + second_side + '[prompt]\ntext = "hi"\n')
+    return subprocess.run([sys.executable, "-m", "kvtui", "score", str(profile), "--text", str(TEXT),
+                           "--server-bin", str(server_binary.path)], capture_output=True, text=True, timeout=120)
+
+
 def test_score_json_on_the_real_server(tmp_path: Path, server_binary, no_leftover_servers) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kvtui", "score", str(REPO / "profiles" / "quality.toml"), "--text", str(TEXT),
@@ -37,12 +46,8 @@ def test_score_json_on_the_real_server(tmp_path: Path, server_binary, no_leftove
 
 
 def test_a_speculative_side_is_refused_before_any_server_starts(tmp_path: Path, server_binary, no_leftover_servers) -> None:
-    profile = tmp_path / "spec.toml"
-    profile.write_text('name = "spec"\n[model]\npath = "bundled"\n[[sides]]\nname = "f16"\ncache_type_k = "f16"\n'
-                       'cache_type_v = "f16"\n[[sides]]\nname = "q8_0"\ncache_type_k = "q8_0"\ncache_type_v = "q8_0"\n'
-                       'extra_args = ["-md", "draft.gguf"]\n[prompt]\ntext = "hi"\n')
-    proc = subprocess.run([sys.executable, "-m", "kvtui", "score", str(profile), "--text", str(TEXT),
-                           "--server-bin", str(server_binary.path)], capture_output=True, text=True, timeout=120)
+    proc = score_refused(tmp_path, server_binary, 'name = "q8_0"\ncache_type_k = "q8_0"\ncache_type_v = "q8_0"\n'
+                                                  'extra_args = ["-md", "draft.gguf"]\n')
     assert proc.returncode == 2
     assert "q8_0: -md turns on speculative decoding" in proc.stderr and "kvtui: fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -52,12 +57,8 @@ def test_an_attached_side_is_refused_before_any_server_starts(tmp_path: Path, se
                                                               no_leftover_servers) -> None:
     """kvtui score starts each side's server with -c set to its chunk length: it cannot score a server that runs
     already, and says where that is done (a run's own scoring). Nothing is started, no URL is contacted."""
-    profile = tmp_path / "attached.toml"
-    profile.write_text('name = "att"\n[model]\npath = "bundled"\n[[sides]]\nname = "f16"\ncache_type_k = "f16"\n'
-                       'cache_type_v = "f16"\n[[sides]]\nname = "q8_0 there"\ncache_type_k = "q8_0"\n'
-                       'cache_type_v = "q8_0"\nurl = "http://127.0.0.1:9"\n[prompt]\ntext = "hi"\n')
-    proc = subprocess.run([sys.executable, "-m", "kvtui", "score", str(profile), "--text", str(TEXT),
-                           "--server-bin", str(server_binary.path)], capture_output=True, text=True, timeout=120)
+    proc = score_refused(tmp_path, server_binary, 'name = "q8_0 there"\ncache_type_k = "q8_0"\ncache_type_v = "q8_0"\n'
+                                                  'url = "http://127.0.0.1:9"\n')
     assert proc.returncode == 2, proc.stderr
     assert "kvtui score starts its own servers, and q8_0 there is attached" in proc.stderr
     assert "kvtui: fix:" in proc.stderr and "kvtui run" in proc.stderr and "Traceback" not in proc.stderr
